@@ -1,0 +1,27 @@
+"""Exceptions a user can cause. The CLI prints their message on one line and exits 2."""
+
+from __future__ import annotations
+
+
+class SamliverError(Exception):
+    """Base class for errors caused by user input (files, values, checkpoints)."""
+
+
+class CTReadError(SamliverError, ValueError):
+    """A CT or label file cannot be read or is not a usable 3D image."""
+
+
+class CheckpointError(SamliverError, ValueError):
+    """A checkpoint is missing, unreadable, or does not fit the model's architecture."""
+
+
+class WeightsNotFoundError(CheckpointError, FileNotFoundError):
+    """A model's checkpoint is not on disk; the message names the file and the download command."""
+
+
+class DownloadError(SamliverError, OSError):
+    """A download failed (offline, HTTP error, digest mismatch); no file is left behind."""
+
+
+class PromptError(SamliverError, ValueError):
+    """A prompt is malformed, non-finite or outside the image."""
