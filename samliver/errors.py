@@ -25,3 +25,7 @@ class DownloadError(SamliverError, OSError):
 
 class PromptError(SamliverError, ValueError):
     """A prompt is malformed, non-finite or outside the image."""
+
+
+class MaskWriteError(SamliverError, ValueError):
+    """A mask cannot be written: unsupported format, wrong shape or values, or an unwritable path."""

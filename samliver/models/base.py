@@ -132,6 +132,28 @@ class PromptableSegmenter(nn.Module, ABC):
         """Low-res logits ``(N, M, h, w)`` -> logits ``(N, M, H, W)`` at the input slice size."""
         return self.convention.upsample(low_res_logits, image_size)
 
+    def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Load a checkpoint's tensors (any format this family reads), strictly."""
+        raise NotImplementedError(f"{type(self).__name__} cannot load checkpoints")
+
+    def propagate(self, hu_volume: np.ndarray, key_slice: int, prompts: Prompts,
+                  window: tuple[float, float] | None = None) -> np.ndarray:
+        """3D segmentation from prompts on one slice.
+
+        Args:
+            hu_volume: ``(Z, H, W)`` float32 HU, canonical orientation.
+            key_slice: index of the prompted slice.
+            prompts: the key slice's N objects.
+        Returns:
+            ``(Z, H, W)`` uint8 with each object's label (higher label wins on overlap).
+
+        The default is box propagation (`samliver.propagation`); families with a memory
+        (SAM 2's video predictor) override it.
+        """
+        from samliver.propagation import propagate_boxes
+
+        return propagate_boxes(self, hu_volume, key_slice, prompts, window)
+
 
 def window_to_rgb(hu_2d: np.ndarray, window: tuple[float, float]) -> np.ndarray:
     """Clip an HU slice ``(H, W)`` to ``window`` and scale to uint8 RGB ``(H, W, 3)`` (0 at lo, 255 at hi)."""

@@ -1,0 +1,112 @@
+"""`save_mask`: write a canonical-orientation label map on the grid of the file a CT came from."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import secrets
+from pathlib import Path
+
+import numpy as np
+
+from samliver.errors import MaskWriteError
+from samliver.io.ct import CTVolume
+from samliver.io.nifti import NIFTI_SUFFIXES, nifti_bytes
+from samliver.io.orient import Reorientation
+
+
+def save_mask(mask: np.ndarray, like: CTVolume, path: str | os.PathLike[str]) -> Path:
+    """Write ``mask`` as a uint8 NIfTI label map on the grid of the file ``like`` was read from.
+
+    Args:
+        mask: ``(Z, Y, X)`` integer labels 0..255 (bool is fine), in ``like``'s canonical
+            orientation, i.e. voxel-aligned with ``like.array``.
+        like: the CT the mask belongs to. For a NIfTI source the output keeps the source's voxel
+            order, affine, qform/sform and their codes; for a DICOM source it uses the series'
+            grid as SimpleITK reads it; for a volume made in memory, its canonical grid.
+        path: output file, ``.nii`` or ``.nii.gz``.
+
+    Returns:
+        The path written. The write is atomic: a temporary file in the same folder is fsynced
+        and renamed over ``path``, so on any error nothing is left behind.
+
+    Raises:
+        MaskWriteError (a ValueError): wrong shape or values, unsupported suffix, unwritable path.
+    """
+    out = Path(path)
+    name = out.name.lower()
+    if name.endswith(".dcm"):
+        raise MaskWriteError(f"{out}: DICOM SEG output is not supported yet; only NIfTI (.nii, .nii.gz) is")
+    if not name.endswith(NIFTI_SUFFIXES):
+        raise MaskWriteError(f"{out}: unsupported output type; use .nii or .nii.gz")
+    labels = _as_uint8(mask, like, out)
+    source = like.source
+    if source is not None and out.resolve() == source.path.resolve():
+        raise MaskWriteError(f"{out}: refusing to overwrite the image the mask was made for")
+    if not out.parent.is_dir():
+        raise MaskWriteError(f"{out}: folder {out.parent} does not exist")
+
+    if source is not None:
+        grid, reorientation, header = source.grid, source.reorientation, source.nifti_header
+    else:
+        # made in memory: the canonical grid is the file grid
+        grid, reorientation, header = like.grid, Reorientation((0, 1, 2), (False, False, False)), None
+    payload = nifti_bytes(reorientation.from_canonical(labels), grid, header)
+    _write_atomic(out, payload, compress=name.endswith(".gz"))
+    return out
+
+
+def _as_uint8(mask: np.ndarray, like: CTVolume, out: Path) -> np.ndarray:
+    array = np.asarray(mask)
+    if array.shape != like.array.shape:
+        raise MaskWriteError(f"{out}: mask shape {array.shape} does not match the CT's shape {like.array.shape}")
+    if array.dtype == bool:
+        return array.astype(np.uint8)
+    if array.dtype.kind not in "iuf":
+        raise MaskWriteError(f"{out}: mask must hold integer labels; got dtype {array.dtype}")
+    if array.size == 0:
+        return array.astype(np.uint8)
+    if array.dtype.kind == "f" and not (np.all(np.isfinite(array)) and np.array_equal(array, np.round(array))):
+        raise MaskWriteError(f"{out}: mask has non-integer values; labels must be integers 0..255")
+    low, high = array.min(), array.max()
+    if low < 0 or high > 255:
+        raise MaskWriteError(f"{out}: mask labels must lie in 0..255 (uint8); found {low}..{high}")
+    return array.astype(np.uint8)
+
+
+def _write_atomic(out: Path, payload: bytes, compress: bool) -> None:
+    tmp = out.with_name(f".{out.name}.{secrets.token_hex(6)}.tmp")
+    try:
+        # os.open with 0o666 lets the umask set the final file's permissions, unlike mkstemp's 0o600
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    except OSError as exc:
+        raise MaskWriteError(f"{out}: cannot write here ({exc.strerror or exc})") from exc
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            if compress:
+                with gzip.GzipFile(filename="", mode="wb", fileobj=handle, compresslevel=6, mtime=0) as zipped:
+                    zipped.write(payload)
+            else:
+                handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, out)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise MaskWriteError(f"{out}: write failed ({exc.strerror or exc})") from exc
+        raise
+    _fsync_folder(out.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return  # not possible on every platform (Windows); the rename is already done
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

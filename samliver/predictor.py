@@ -1,0 +1,123 @@
+"""`Predictor`: prompted segmentation of slices and CT volumes with any `PromptableSegmenter`."""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from samliver.errors import PromptError
+from samliver.inference import Prediction, SliceEncoder, decode_objects, paint
+from samliver.models.base import ImageEmbedding, PromptableSegmenter
+from samliver.prompts import Prompts
+
+
+def _hu_array(volume) -> np.ndarray:
+    """``(Z, H, W)`` float32 HU from a `CTVolume` or an array."""
+    array = np.asarray(getattr(volume, "array", volume), dtype=np.float32)
+    if array.ndim != 3:
+        raise ValueError(f"volume: expected (Z, H, W) HU, got shape {array.shape}")
+    return array
+
+
+def _batched(value, ndim: int):
+    """Add a leading object axis to a single prompt (e.g. a box ``(4,)`` -> ``(1, 4)``)."""
+    if value is None:
+        return None
+    arr = np.asarray(value)
+    return arr[None] if arr.ndim == ndim - 1 else arr
+
+
+class Predictor:
+    """Stateful prompted segmentation, as ``SamPredictor``: `set_image` once, `predict` many times.
+
+    Args:
+        model: any `PromptableSegmenter` (see `samliver.load_model`).
+        batch_size: slices encoded per encoder call in volume methods.
+        cache_size: slice embeddings kept (LRU) between calls.
+    """
+
+    def __init__(self, model: PromptableSegmenter, batch_size: int = 4, cache_size: int = 64) -> None:
+        self.model = model.eval()
+        self.encoder = SliceEncoder(model, batch_size=batch_size, cache_size=cache_size)
+        self._embedding: ImageEmbedding | None = None
+        self._image_size: tuple[int, int] | None = None
+
+    def set_image(self, hu_2d: np.ndarray, window: tuple[float, float] | None = None) -> None:
+        """Encode one axial slice ``(H, W)`` in HU; ``window`` ``(lo, hi)`` HU overrides the model's default."""
+        hu = np.asarray(hu_2d, dtype=np.float32)
+        if hu.ndim != 2:
+            raise ValueError(f"set_image: expected one (H, W) slice in HU, got shape {hu.shape}")
+        self._embedding = self.encoder.encode(hu[None], [0], window)[0]
+        self._image_size = hu.shape
+
+    def predict(self, box: Sequence | np.ndarray | None = None, points: Sequence | np.ndarray | None = None,
+                point_labels: Sequence | np.ndarray | None = None, mask_input: np.ndarray | None = None,
+                text: str | None = None, multimask: bool = False,
+                labels: Sequence[int] | None = None) -> Prediction:
+        """Masks for the current slice.
+
+        Args:
+            box: ``(4,)`` or ``(N, 4)`` xyxy pixels; N boxes decode as one batch.
+            points: ``(K, 2)`` or ``(N, K, 2)`` ``(x, y)`` pixels; ``point_labels`` ``(K,)`` / ``(N, K)``.
+            mask_input: ``(1, h, w)`` or ``(N, 1, h, w)`` low-res logits (e.g. a previous ``Prediction``'s).
+            multimask: let the decoder propose 3 masks per object and keep the best-scoring one.
+        Returns:
+            `Prediction` with ``masks (N, H, W)`` bool, ``scores (N,)``, ``logits (N, H, W)``.
+        """
+        if self._embedding is None:
+            raise RuntimeError("call set_image(...) before predict(...)")
+        if text is not None:
+            raise PromptError(f"text prompts need a trained text projection, and none is loaded "
+                              f"for {self.model.spec.name}")
+        prompts = Prompts(boxes=_batched(box, 2), points=_batched(points, 3),
+                          point_labels=_batched(point_labels, 2), masks=_batched(mask_input, 4), labels=labels)
+        return self.predict_prompts(prompts, multimask=multimask)
+
+    def predict_prompts(self, prompts: Prompts, multimask: bool = False) -> Prediction:
+        """`predict` with a ready `Prompts` batch for the current slice."""
+        if self._embedding is None:
+            raise RuntimeError("call set_image(...) before predict(...)")
+        prompts = prompts.check_inside(*self._image_size)
+        return decode_objects(self.model, self._embedding, prompts, self._image_size, multimask)
+
+    def segment_volume(self, volume, prompts: Mapping[int, Prompts | Sequence[Prompts]],
+                       window: tuple[float, float] | None = None) -> np.ndarray:
+        """Segment a CT from per-slice prompts; only prompted slices are encoded.
+
+        Args:
+            volume: a `CTVolume` or a ``(Z, H, W)`` HU array (canonical orientation).
+            prompts: slice index -> that slice's `Prompts` (or a list of batches, e.g. box
+                objects and point objects on the same slice).
+        Returns:
+            ``(Z, H, W)`` uint8: each object painted with its label; the higher label wins on overlap.
+        """
+        hu = _hu_array(volume)
+        depth, height, width = hu.shape
+        batches: dict[int, list[Prompts]] = {}
+        for z, value in prompts.items():
+            if not (isinstance(z, (int, np.integer)) and 0 <= z < depth):
+                raise PromptError(f"prompts: slice {z!r} outside the volume's {depth} slices")
+            group = [value] if isinstance(value, Prompts) else list(value)
+            batches[int(z)] = [p.check_inside(height, width) for p in group]
+        out = np.zeros(hu.shape, np.uint8)
+        order = sorted(batches)
+        step = self.encoder.batch_size
+        for start in range(0, len(order), step):
+            embeddings = self.encoder.encode(hu, order[start:start + step], window)
+            for z, emb in embeddings.items():
+                for group in batches[z]:
+                    paint(out[z], decode_objects(self.model, emb, group, (height, width)).masks, group.labels)
+        return out
+
+    def propagate_volume(self, volume, key_slice: int, prompts: Prompts,
+                         window: tuple[float, float] | None = None) -> np.ndarray:
+        """3D segmentation from the objects prompted on ``key_slice``.
+
+        SAM 2 models track them with their video memory; SAM/MedSAM propagate boxes slice
+        to slice in both directions until each object vanishes. Returns ``(Z, H, W)`` uint8.
+        """
+        hu = _hu_array(volume)
+        if not (isinstance(key_slice, (int, np.integer)) and 0 <= key_slice < hu.shape[0]):
+            raise PromptError(f"key_slice: {key_slice!r} outside the volume's {hu.shape[0]} slices")
+        return self.model.propagate(hu, int(key_slice), prompts.check_inside(*hu.shape[1:]), window)

@@ -1,0 +1,44 @@
+"""Shared test fixtures: offline, seeded, random-weight models and the real CT folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+# CI lays shared/ beside the checkout; so does a developer's workspace.
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+TOTALSEG = SHARED_DATA / "totalseg_example"
+needs_shared_data = pytest.mark.skipif(not TOTALSEG.is_dir(), reason=f"{TOTALSEG} is absent")
+
+
+def randomize_(module: torch.nn.Module, seed: int = 0, std: float = 0.05) -> torch.nn.Module:
+    """Add seeded noise to every parameter, so zero- or one-initialised parts matter too."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * std)
+    return module
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    np.random.seed(0)
+
+
+def ct_like_slice(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A synthetic axial slice in HU ``(H, W)``: air, a soft-tissue body, a brighter 'liver' blob."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:height, :width]
+    hu = np.full((height, width), -1000.0, np.float32)
+    body = ((yy - height / 2) / (0.42 * height)) ** 2 + ((xx - width / 2) / (0.45 * width)) ** 2 < 1
+    hu[body] = -80.0
+    liver = ((yy - 0.45 * height) / (0.2 * height)) ** 2 + ((xx - 0.35 * width) / (0.18 * width)) ** 2 < 1
+    hu[liver] = 60.0
+    return hu + rng.normal(0, 15, hu.shape).astype(np.float32)

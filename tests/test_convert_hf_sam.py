@@ -1,0 +1,202 @@
+"""Hugging Face ``SamModel`` checkpoints load into our ``segment_anything``-based SAM wrapper
+and compute the same thing: encoder embeddings, and decoder masks/IoU for every prompt kind."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+transformers = pytest.importorskip("transformers")
+from safetensors.torch import save_file  # noqa: E402
+from transformers import SamConfig, SamModel  # noqa: E402
+
+from samliver.errors import CheckpointError  # noqa: E402
+from samliver.models import ImageEmbedding, load_model  # noqa: E402
+from samliver.models.convert_hf_sam import hf_to_sam_state_dict, is_hf_sam_state_dict  # noqa: E402
+from samliver.models.sam import build_sam_module  # noqa: E402
+from samliver.prompts import Prompts  # noqa: E402
+from samliver.registry import get_spec  # noqa: E402
+
+ATOL = 1e-4
+IMAGE_SIZE = (200, 300)  # a non-square slice: the SAM convention maps the longest side to S
+
+
+def hf_config(name: str, decoder_eps: float = 1e-5) -> SamConfig:
+    """A ``SamConfig`` with the architecture of our registered model ``name``.
+
+    ``decoder_eps``: HF's two-way-transformer LayerNorms default to eps 1e-6 where Meta's use
+    torch's 1e-5; 1e-5 makes the two compute the same function (see the last test).
+    """
+    spec = get_spec(name)
+    o, size = spec.options, spec.input_size
+    dim = o.get("prompt_dim", 256)
+    return SamConfig(
+        vision_config=dict(hidden_size=o["embed_dim"], num_hidden_layers=o["depth"], num_attention_heads=o["num_heads"],
+                           global_attn_indexes=list(o["global_attn_indexes"]), window_size=o.get("window_size", 14),
+                           image_size=size, patch_size=16, output_channels=dim, num_pos_feats=dim // 2, mlp_ratio=4.0),
+        prompt_encoder_config=dict(hidden_size=dim, image_size=size, patch_size=16,
+                                   mask_input_channels=o.get("mask_in_chans", 16)),
+        mask_decoder_config=dict(hidden_size=dim, mlp_dim=o.get("decoder_mlp_dim", 2048),
+                                 num_attention_heads=o.get("decoder_heads", 8), num_hidden_layers=2,
+                                 iou_head_depth=3, iou_head_hidden_dim=o.get("iou_hidden_dim", 256),
+                                 layer_norm_eps=decoder_eps),
+    )
+
+
+def random_hf_sam(name: str, seed: int = 0) -> SamModel:
+    """A ``SamModel`` whose every parameter is drawn afresh (many init to 0 or 1, which would hide mistakes)."""
+    torch.manual_seed(seed)
+    model = SamModel(hf_config(name)).eval()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if pname.endswith("positional_embedding"):
+                std = 1.0  # SAM's Fourier matrix scale
+            elif p.ndim >= 2 and "embed" not in pname and "token" not in pname:
+                std = (p[0].numel()) ** -0.5
+            else:
+                std = 0.5
+            p.copy_(torch.randn(p.shape, generator=gen) * std + (1.0 if "norm" in pname and pname.endswith("weight") else 0.0))
+    return model
+
+
+def hf_state(model: SamModel) -> dict[str, torch.Tensor]:
+    # clone: the two tied positional-embedding keys share memory, which save_file refuses
+    return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def tiny_pair(tmp_path_factory):
+    hf = random_hf_sam("samliver_tiny")
+    path = tmp_path_factory.mktemp("hf") / "model.safetensors"
+    save_file(hf_state(hf), str(path))
+    return hf, load_model("samliver_tiny", checkpoint=path)
+
+
+@pytest.fixture(scope="module")
+def tiny_embedding(tiny_pair):
+    hf, ours = tiny_pair
+    rng = np.random.default_rng(0)
+    hu = rng.normal(40, 200, (2, *IMAGE_SIZE)).astype(np.float32)
+    pixels = ours.preprocess(hu)
+    with torch.no_grad():
+        return hf.get_image_embeddings(pixels), ours.encode(pixels).image_embeddings
+
+
+def test_tiny_image_embeddings_match(tiny_embedding):
+    theirs, ours = tiny_embedding
+    assert ours.shape == theirs.shape == (2, 96, 16, 16)
+    assert ours.abs().mean() > 0.1  # not a degenerate (all-zero) output
+    torch.testing.assert_close(ours, theirs, atol=ATOL, rtol=0)
+
+
+PROMPTS = {
+    "boxes": dict(boxes=np.array([[20, 30, 150, 120], [100, 50, 280, 190]], np.float32)),
+    "points": dict(points=np.array([[[60, 70], [200, 150], [10, 180]], [[250, 40], [120, 100], [30, 20]]], np.float32),
+                   point_labels=np.array([[1, 0, 1], [1, 1, 0]], np.int64)),
+    "box+points": dict(boxes=np.array([[20, 30, 150, 120], [100, 50, 280, 190]], np.float32),
+                       points=np.array([[[60, 70], [90, 110]], [[250, 40], [150, 100]]], np.float32),
+                       point_labels=np.array([[1, 0], [0, 1]], np.int64)),
+    "box+mask": dict(boxes=np.array([[20, 30, 150, 120]], np.float32), masks=np.random.default_rng(1).normal(
+        0, 3, (1, 1, 64, 64)).astype(np.float32)),
+}
+
+
+@pytest.mark.parametrize("multimask", [False, True])
+@pytest.mark.parametrize("kind", list(PROMPTS))
+def test_tiny_decoder_matches(tiny_pair, tiny_embedding, kind, multimask):
+    hf, ours = tiny_pair
+    emb = tiny_embedding[1][1:2]  # the second image
+    prompts = Prompts(**PROMPTS[kind])
+    inputs = {}
+    conv = ours.convention
+    if prompts.boxes is not None:
+        inputs["input_boxes"] = torch.from_numpy(conv.map_boxes(prompts.boxes, IMAGE_SIZE))[None]
+    if prompts.points is not None:
+        inputs["input_points"] = torch.from_numpy(conv.map_coords(prompts.points, IMAGE_SIZE))[None]
+        inputs["input_labels"] = torch.as_tensor(prompts.point_labels)[None]
+    if prompts.masks is not None:
+        inputs["input_masks"] = torch.as_tensor(prompts.masks)
+    with torch.no_grad():
+        theirs = hf(image_embeddings=emb, multimask_output=multimask, **inputs)
+        out = ours.decode(ImageEmbedding(emb), prompts, IMAGE_SIZE, multimask=multimask)
+    n, m = len(prompts.boxes if prompts.boxes is not None else prompts.points), 3 if multimask else 1
+    assert out.low_res_logits.shape == (n, m, 64, 64) and out.iou_scores.shape == (n, m)
+    assert out.low_res_logits.std() > 0.1
+    torch.testing.assert_close(out.low_res_logits, theirs.pred_masks[0], atol=ATOL, rtol=0)
+    torch.testing.assert_close(out.iou_scores, theirs.iou_scores[0], atol=ATOL, rtol=0)
+
+
+def test_detects_hf_layouts(tiny_pair):
+    hf, ours = tiny_pair
+    sd = hf_state(hf)
+    assert is_hf_sam_state_dict(sd)
+    assert is_hf_sam_state_dict({f"model.{k}": v for k, v in sd.items()})
+    assert not is_hf_sam_state_dict(ours.sam.state_dict())
+    sam2_like = {k: torch.zeros(1) for k in ("vision_encoder.backbone.patch_embed.projection.weight",
+                                             "vision_encoder.neck.convs.0.weight", "prompt_encoder.point_embed.weight",
+                                             "mask_decoder.upscale_conv1.weight")}
+    assert not is_hf_sam_state_dict(sam2_like)
+
+
+@pytest.mark.parametrize("variant", ["prefixed", "one_tied_key"])
+def test_wrapped_and_deduplicated_checkpoints_convert(tiny_pair, variant):
+    hf, ours = tiny_pair
+    sd = hf_state(hf)
+    if variant == "prefixed":
+        sd = {f"sam.{k}": v for k, v in sd.items()}
+    else:  # save_pretrained keeps one of two tied tensors
+        del sd["shared_image_embedding.positional_embedding"]
+    converted = hf_to_sam_state_dict(sd)
+    expected = ours.sam.state_dict()
+    assert converted.keys() == expected.keys()
+    for k, v in expected.items():
+        assert torch.equal(converted[k], v), k
+
+
+def test_unknown_key_is_named(tiny_pair, tmp_path):
+    hf, _ = tiny_pair
+    sd = hf_state(hf)
+    sd["vision_encoder.layers.0.attn.extra_gate.weight"] = torch.zeros(3)
+    with pytest.raises(CheckpointError, match=r"vision_encoder\.layers\.0\.attn\.extra_gate\.weight"):
+        hf_to_sam_state_dict(sd)
+    path = tmp_path / "extra.safetensors"
+    save_file(sd, str(path))
+    with pytest.raises(CheckpointError, match="extra_gate"):
+        load_model("samliver_tiny", checkpoint=path)
+
+
+def test_untied_positional_embeddings_are_refused(tiny_pair):
+    sd = hf_state(tiny_pair[0])
+    sd["shared_image_embedding.positional_embedding"] = sd["shared_image_embedding.positional_embedding"] + 1
+    with pytest.raises(CheckpointError, match="positional_embedding"):
+        hf_to_sam_state_dict(sd)
+
+
+def test_vit_b_converts_every_key_and_encodes_the_same():
+    hf = random_hf_sam("sam_vit_b", seed=1)
+    spec = get_spec("sam_vit_b")
+    ours = spec.builder(spec)
+    converted = hf_to_sam_state_dict(hf.state_dict())
+    expected = ours.sam.state_dict()
+    assert converted.keys() == expected.keys()
+    assert {k: v.shape for k, v in converted.items()} == {k: v.shape for k, v in expected.items()}
+    ours.load_weights(hf.state_dict())
+    pixels = torch.randn(1, 3, 1024, 1024, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        theirs = hf.get_image_embeddings(pixels)
+        mine = ours.encode(pixels).image_embeddings
+    assert mine.shape == (1, 256, 64, 64)
+    torch.testing.assert_close(mine, theirs, atol=ATOL, rtol=0)
+
+
+def test_official_builder_matches_hf_config_for_the_tiny_model():
+    """The SamConfig above describes samliver_tiny exactly: same keys, same shapes."""
+    converted = hf_to_sam_state_dict(SamModel(hf_config("samliver_tiny")).state_dict())
+    expected = build_sam_module(get_spec("samliver_tiny")).state_dict()
+    assert {k: v.shape for k, v in converted.items()} == {k: v.shape for k, v in expected.items()}
