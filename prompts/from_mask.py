@@ -83,7 +83,7 @@ def points_from_mask(mask_2d: np.ndarray, n_pos: int = 1, n_neg: int = 0,
     """``n_pos`` foreground and ``n_neg`` background clicks per connected object of ``mask_2d`` ``(H, W)``.
 
     The first positive click is the object's most interior pixel (largest distance to its
-    border), as an annotator would click; further positives are uniform inside the object.
+    border; nearest the centroid among ties), as an annotator would click; further positives are uniform inside the object.
     Negatives are uniform over background pixels within the object's box grown by half its
     size (nearby background), or anywhere outside the object when that region has none.
 
@@ -105,8 +105,10 @@ def points_from_mask(mask_2d: np.ndarray, n_pos: int = 1, n_neg: int = 0,
         pts: list[tuple[float, float]] = []
         if n_pos:
             depth = ndimage.distance_transform_edt(np.pad(obj, 1))[1:-1, 1:-1]
-            r, c = np.unravel_index(int(np.argmax(depth)), obj.shape)
-            pts.append((float(c), float(r)))
+            deep_r, deep_c = np.nonzero(depth == depth.max())
+            # Among the most interior pixels, the one nearest the centroid (ties: raster order).
+            k = int(np.argmin((deep_r - rows.mean()) ** 2 + (deep_c - cols.mean()) ** 2))
+            pts.append((float(deep_c[k]), float(deep_r[k])))
             extra = gen.integers(0, rows.size, n_pos - 1)
             pts += [(float(cols[i]), float(rows[i])) for i in extra]
         if n_neg:

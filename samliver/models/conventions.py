@@ -106,12 +106,13 @@ class _SquareConvention(Convention):
 @register_convention("medsam")
 class MedSamConvention(_SquareConvention):
     """MedSAM: windowed uint8 RGB, order-3 resize to S x S (skimage, as MedSAM's own
-    inference), min-max to [0, 1], no mean/std."""
+    inference) back to uint8, min-max to [0, 1], no mean/std; boxes scaled to S x S."""
 
     def to_pixels(self, rgb: np.ndarray) -> torch.Tensor:
         from skimage.transform import resize
 
-        img = resize(rgb, (self.size, self.size), order=3, preserve_range=True, anti_aliasing=True)
+        # MedSAM truncates the resized image back to uint8 before min-max scaling.
+        img = resize(rgb, (self.size, self.size), order=3, preserve_range=True, anti_aliasing=True).astype(np.uint8)
         img = (img - img.min()) / np.clip(img.max() - img.min(), 1e-8, None)
         return torch.from_numpy(img.astype(np.float32)).permute(2, 0, 1).contiguous()
 

@@ -1,0 +1,43 @@
+"""``samliver`` entry point: sub-commands, and one-line errors (exit 2) for user mistakes."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from samliver import __version__
+from samliver.errors import SamliverError
+
+from . import segment_cmd, weights_cmd
+
+# Each sub-command module has add_parser(subparsers) and sets `func` on its parser.
+COMMANDS = (segment_cmd, weights_cmd)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="samliver", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"samliver {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command in COMMANDS:
+        command.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except SamliverError as exc:
+        if args.debug:
+            raise
+        print(f"samliver: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("samliver: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
