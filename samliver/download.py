@@ -20,6 +20,7 @@ from typing import BinaryIO
 
 from tqdm import tqdm
 
+from samliver.atomic import fsync_folder
 from samliver.errors import DownloadError
 
 CHUNK_BYTES = 1 << 20
@@ -58,7 +59,7 @@ def fetch(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(target.parent)
+    fsync_folder(target.parent)
     return sha.hexdigest()
 
 
@@ -123,17 +124,3 @@ def _check_digests(
             f"downloaded {name} from {url} has MD5 {md5_hex} but it should start with "
             f"{md5_prefix.lower()}; file discarded"
         )
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable where the OS allows it (a no-op on Windows)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

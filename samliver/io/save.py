@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from samliver.atomic import fsync_folder
 from samliver.errors import MaskWriteError
 from samliver.io.ct import CTVolume
 from samliver.io.nifti import NIFTI_SUFFIXES, nifti_bytes
@@ -96,17 +97,4 @@ def _write_atomic(out: Path, payload: bytes, compress: bool) -> None:
         if isinstance(exc, OSError):
             raise MaskWriteError(f"{out}: write failed ({exc.strerror or exc})") from exc
         raise
-    _fsync_folder(out.parent)
-
-
-def _fsync_folder(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return  # not possible on every platform (Windows); the rename is already done
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    fsync_folder(out.parent)
