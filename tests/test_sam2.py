@@ -17,7 +17,8 @@ import samliver  # noqa: E402
 from samliver.errors import CheckpointError, PromptError  # noqa: E402
 from samliver.models import load_model  # noqa: E402
 from samliver.models.base import window_to_rgb  # noqa: E402
-from samliver.models.convert_sam2 import official_to_hf_state_dict, split_video_state  # noqa: E402
+from samliver.models.convert_sam2 import (  # noqa: E402
+    OFFICIAL_VIDEO_PREFIXES, official_to_hf_state_dict, split_video_state)
 from samliver.models.sam2 import Sam2Segmenter, build_sam2_config  # noqa: E402
 from samliver.models.sam2_video import build_video_config  # noqa: E402
 from samliver.prompts import Prompts  # noqa: E402
@@ -85,12 +86,16 @@ def test_conversion_covers_every_key_of_both_models(name):
         meta = instantiate(_compose(name, tuple(_meta_overrides(spec.input_size))).model, _recursive_=True)
         image_model = Sam2Model(build_sam2_config(spec))
         video_model = Sam2VideoModel(build_video_config(spec))
-    converted = official_to_hf_state_dict(meta.state_dict())
+    official = meta.state_dict()
+    converted = official_to_hf_state_dict(official)
     shapes = {k: tuple(v.shape) for k, v in converted.items()}
     assert shapes == {k: tuple(v.shape) for k, v in video_model.state_dict().items()}
     image, video = split_video_state(converted)
     assert {k: shapes[k] for k in image} == {k: tuple(v.shape) for k, v in image_model.state_dict().items()}
     assert video and all(k not in image_model.state_dict() for k in video)
+    # the video-only parts, listed by prefix under both namings, are the same tensors
+    official_video = {k: v for k, v in official.items() if k.startswith(OFFICIAL_VIDEO_PREFIXES)}
+    assert official_to_hf_state_dict(official_video).keys() == video.keys()
 
 
 def test_wrong_checkpoint_names_missing_and_unexpected_keys(tmp_path):
@@ -103,11 +108,11 @@ def test_wrong_checkpoint_names_missing_and_unexpected_keys(tmp_path):
 
 
 def test_encode_and_decode_keep_gradients():
-    spec = dataclasses.replace(get_spec("sam2.1_hiera_tiny"), input_size=256)  # small, for speed
+    spec = dataclasses.replace(get_spec("sam2.1_hiera_tiny"), input_size=128)  # small, for speed
     model = randomize_(Sam2Segmenter(spec), seed=3)
     emb = model.encode(model.preprocess(ct_like_slice(64, 80)))
     out = model.decode(emb, Prompts(boxes=[[10, 10, 50, 40]]), (64, 80))
-    assert out.low_res_logits.shape == (1, 1, 64, 64)
+    assert out.low_res_logits.shape == (1, 1, 32, 32)
     out.low_res_logits.mean().backward()
     assert model.sam2.vision_encoder.backbone.patch_embed.projection.weight.grad is not None
     assert model.sam2.no_memory_embedding.grad is not None
@@ -160,8 +165,10 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("multimask", [False, True])
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize(("case", "multimask"), [
+    ("box", False), ("box", True), ("one_click", False), ("one_click", True), ("three_clicks", False),
+    ("box_and_negative_click", False), ("two_boxes", True), ("click_and_mask", False), ("mask_only", True),
+    ("two_boxes_and_masks", False)])
 def test_image_path_matches_sam2_image_predictor(image_pair, case, multimask):
     predictor, ours, emb = image_pair
     c = CASES[case]
@@ -198,6 +205,8 @@ def test_decode_appends_sparse_tokens(image_pair):
     assert with_tokens.low_res_logits.shape == (2, 1, 256, 256)
     assert only_tokens.low_res_logits.shape == (2, 3, 256, 256)
     assert not torch.allclose(plain.low_res_logits, with_tokens.low_res_logits)
+    with pytest.raises(PromptError, match="256, 256"):  # mask inputs must be at the low-res size
+        ours.decode(emb, Prompts(masks=np.zeros((1, 1, 64, 64), np.float32)), (H, W))
 
 
 def test_hugging_face_state_dict_round_trip(image_pair):
@@ -213,6 +222,7 @@ def test_hugging_face_state_dict_round_trip(image_pair):
 # ---------------------------------------------------------------- 3D: Meta's SAM2VideoPredictor
 
 Z, VH, VW, KEY = 4, 96, 96, 1
+VIDEO_SIZE = 256
 
 
 def _disc_volume() -> np.ndarray:
@@ -226,13 +236,16 @@ def _disc_volume() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def video_pair(tmp_path_factory):
-    """Meta's video predictor (MedSAM2 geometry: Hiera-T at 512) with random weights, and
-    our medsam2 loaded from the same checkpoint. The object-score head's bias is raised so
-    that random weights see the objects on the key slice (otherwise both sides blank them)."""
+    """Meta's video predictor and our medsam2 (Hiera-T), random weights from one official
+    checkpoint, both at a 256-pixel input (MedSAM2 uses 512; 256 keeps the test fast on CPU).
+    The object-score head's bias is raised so that random weights see the objects on the
+    key slice (otherwise both sides blank them)."""
     from sam2.build_sam import build_sam2_video_predictor
 
+    from samliver.models.checkpoints import read_state_dict
+
     torch.manual_seed(0)
-    overrides = _meta_overrides(512) + META_DECODER + ["++model.binarize_mask_from_pts_for_mem_enc=true"]
+    overrides = _meta_overrides(VIDEO_SIZE) + META_DECODER + ["++model.binarize_mask_from_pts_for_mem_enc=true"]
     meta = build_sam2_video_predictor("configs/sam2.1/sam2.1_hiera_t.yaml", ckpt_path=None, device="cpu",
                                       hydra_overrides_extra=overrides, apply_postprocessing=False)
     randomize_(meta, seed=7)
@@ -240,8 +253,9 @@ def video_pair(tmp_path_factory):
         meta.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.fill_(8.0)
     folder = tmp_path_factory.mktemp("medsam2")
     torch.save({"model": meta.state_dict()}, folder / "medsam2_random.pt")
-    ours = load_model("medsam2", checkpoint=folder / "medsam2_random.pt")
-    return meta, ours, folder
+    ours = Sam2Segmenter(dataclasses.replace(get_spec("medsam2"), input_size=VIDEO_SIZE))
+    ours.load_weights(read_state_dict(folder / "medsam2_random.pt"))
+    return meta, ours.eval(), folder
 
 
 # Object 1 (label 1): a box around the disc; object 2 (label 2): a smaller box inside it (overlap).
@@ -293,3 +307,28 @@ def test_propagate_rejects_text_tokens(video_pair):
     _, ours, _ = video_pair
     with pytest.raises(PromptError, match="tokens"):
         ours.propagate(_disc_volume(), KEY, Prompts(tokens=np.zeros((1, 2, 256), np.float32)))
+
+
+def test_propagate_from_a_mask_prompt(video_pair):
+    """A mask input is taken as the key slice's answer (SAM 2's add_new_mask), then tracked."""
+    import torch.nn.functional as F
+
+    _, ours, _ = video_pair
+    vol = _disc_volume()[:2]
+    yy, xx = np.mgrid[:VH, :VW]
+    disc = ((yy - 48) ** 2 + (xx - 36) ** 2 < 18 ** 2).astype(np.float32)
+    low = F.interpolate(torch.from_numpy(disc)[None, None], (ours.low_res_size,) * 2, mode="bilinear")
+    result = ours.propagate(vol, 0, Prompts(masks=(low.numpy() - 0.5) * 20, labels=np.array([3], np.uint8)))
+    assert result.shape == (2, VH, VW) and set(np.unique(result)) <= {0, 3}
+    key = result[0] > 0
+    assert (key & (disc > 0)).sum() / (key | (disc > 0)).sum() > 0.9
+
+
+def test_propagate_needs_every_memory_weight_of_a_checkpoint(video_pair):
+    _, ours, _ = video_pair
+    other = Sam2Segmenter(ours.spec)
+    state = {**ours.sam2.state_dict(), **ours.video_state}
+    del state["no_object_pointer"]
+    other.load_weights(state)  # the image model is complete
+    with pytest.raises(CheckpointError, match="no_object_pointer"):
+        other.propagate(_disc_volume()[:2], 0, VIDEO_PROMPTS)

@@ -20,7 +20,12 @@ What differs between the two layouts (everything else is a 1:1 rename, same tens
   only sets its random initialisation.
 - nothing needs reshaping: ``pos_embed`` is ``(1, h, w, C)`` in both, ``qkv`` is fused in
   both, and ``rel_pos_h/w`` are ``(2 * size - 1, head_dim)`` in both. Meta's ``pixel_mean``
-  and ``pixel_std`` buffers are non-persistent, so HF having no such tensors is fine.
+  and ``pixel_std`` buffers are non-persistent, so HF having no such tensors is fine;
+  ``SamModel`` has no buffers of its own, so the tied copy is the only HF-only tensor dropped.
+
+Numerics: transformers' two-way-transformer LayerNorms use ``layer_norm_eps`` (1e-6) where
+Meta's use torch's 1e-5, so a converted model reproduces Meta's original decoder and its
+logits can differ slightly from transformers' ``SamModel``; the encoders agree to roundoff.
 """
 
 from __future__ import annotations
@@ -69,7 +74,8 @@ _RENAMES: list[tuple[re.Pattern, str]] = [(re.compile(p), r) for p, r in [
      r"\.(q_proj|k_proj|v_proj|out_proj)" + _WB, r"mask_decoder.transformer.layers.\1.\2.\3.\4"),
     (r"^mask_decoder\.transformer\.layers\.(\d+)\.layer_norm([1-4])" + _WB,
      r"mask_decoder.transformer.layers.\1.norm\2.\3"),
-    (r"^mask_decoder\.transformer\.layers\.(\d+)\.mlp\.(lin[12])" + _WB, r"mask_decoder.transformer.layers.\1.mlp.\2.\3"),
+    (r"^mask_decoder\.transformer\.layers\.(\d+)\.mlp\.(lin[12])" + _WB,
+     r"mask_decoder.transformer.layers.\1.mlp.\2.\3"),
     (r"^mask_decoder\.transformer\.final_attn_token_to_image\.(q_proj|k_proj|v_proj|out_proj)" + _WB,
      r"mask_decoder.transformer.final_attn_token_to_image.\1.\2"),
     (r"^mask_decoder\.transformer\.layer_norm_final_attn" + _WB, r"mask_decoder.transformer.norm_final_attn.\1"),
@@ -88,9 +94,10 @@ def _common_prefix(keys) -> str:
     return found.most_common(1)[0][0] if found else ""
 
 
-def _strip(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _strip(sd: dict[str, torch.Tensor]) -> dict[str, str]:
+    """``{key without the wrapper prefix: key as stored}``."""
     prefix = _common_prefix(sd)
-    return {(k[len(prefix):] if prefix and k.startswith(prefix) else k): v for k, v in sd.items()}
+    return {(k[len(prefix):] if prefix and k.startswith(prefix) else k): k for k in sd}
 
 
 def is_hf_sam_state_dict(sd: dict[str, torch.Tensor]) -> bool:
@@ -112,7 +119,8 @@ def hf_to_sam_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
         CheckpointError: keys the mapping does not know (named), or untied positional
             embeddings that one ``Sam`` cannot hold.
     """
-    sd = _strip(sd)
+    stored = _strip(sd)
+    sd = {k: sd[v] for k, v in stored.items()}
     out: dict[str, torch.Tensor] = {}
     unknown: list[str] = []
     feed_forward: dict[str, dict[str, torch.Tensor]] = {}  # module -> {HF part key: tensor}
@@ -136,14 +144,14 @@ def hf_to_sam_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
                 out[pattern.sub(repl, key)] = tensor
                 break
         else:
-            unknown.append(key)
+            unknown.append(stored[key])
     if unknown:
         raise _unknown(unknown)
 
     for module, parts in feed_forward.items():
         hidden = sorted({int(k.split(".")[1]) for k in parts if k.startswith("layers.")})
         if hidden != list(range(len(hidden))):
-            raise _unknown([f"mask_decoder.{module}.{k}" for k in sorted(parts)])
+            raise _unknown(sorted(stored[f"mask_decoder.{module}.{k}"] for k in parts))
         last = len(hidden) + 1
         for part, tensor in parts.items():
             name, _, leaf = part.rpartition(".")

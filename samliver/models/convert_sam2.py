@@ -38,7 +38,7 @@ HF_VIDEO_PREFIXES: tuple[str, ...] = (
 # Keys that only an official SAM 2 checkpoint has (a SAM ViT checkpoint has none of them).
 _OFFICIAL_MARKERS = ("image_encoder.trunk.", "sam_mask_decoder.", "sam_prompt_encoder.")
 
-# Key renames (regex -> replacement), applied in order.
+# Key renames (regex -> replacement), applied in order; a rule sees the result of the ones before.
 _RENAMES: list[tuple[str, str]] = [
     # --- scalars / embeddings at the top level
     (r"^no_mem_embed$", "no_memory_embedding"),
@@ -73,10 +73,11 @@ _RENAMES: list[tuple[str, str]] = [
     # --- memory encoder (video)
     (r"^memory_encoder\.pix_feat_proj\.", "memory_encoder.feature_projection."),
     (r"^memory_encoder\.out_proj\.", "memory_encoder.projection."),
-    (r"^memory_encoder\.fuser\.layers\.(\d+)\.gamma$", r"memory_encoder.memory_fuser.layers.\1.scale"),
-    (r"^memory_encoder\.fuser\.layers\.(\d+)\.dwconv\.", r"memory_encoder.memory_fuser.layers.\1.depthwise_conv."),
-    (r"^memory_encoder\.fuser\.layers\.(\d+)\.norm\.", r"memory_encoder.memory_fuser.layers.\1.layer_norm."),
-    (r"^memory_encoder\.fuser\.layers\.(\d+)\.pwconv(\d)\.", r"memory_encoder.memory_fuser.layers.\1.pointwise_conv\2."),
+    (r"^memory_encoder\.fuser\.", "memory_encoder.memory_fuser."),
+    (r"^(memory_encoder\.memory_fuser\.layers\.\d+)\.gamma$", r"\1.scale"),
+    (r"^(memory_encoder\.memory_fuser\.layers\.\d+)\.dwconv\.", r"\1.depthwise_conv."),
+    (r"^(memory_encoder\.memory_fuser\.layers\.\d+)\.norm\.", r"\1.layer_norm."),
+    (r"^(memory_encoder\.memory_fuser\.layers\.\d+)\.pwconv(\d)\.", r"\1.pointwise_conv\2."),
 ]
 # Attention output projections: Meta ``out_proj`` -> transformers ``o_proj`` (decoder and memory attention).
 _ATTN_OUT = re.compile(r"^((?:mask_decoder\.transformer|memory_attention)\..*attn[a-z_]*)\.out_proj\.")
@@ -95,7 +96,6 @@ def is_official_sam2_state_dict(state_dict: dict[str, torch.Tensor]) -> bool:
 
 
 def _rename(key: str) -> str:
-    # Every pattern is anchored on an official prefix, so a renamed key matches no later rule.
     for pattern, repl in _RENAMES:
         key = re.sub(pattern, repl, key)
     return _ATTN_OUT.sub(r"\1.o_proj.", key)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from samliver.errors import PromptError
 from samliver.prompts import Prompts
 from samliver.registry import ModelSpec
 
@@ -103,10 +104,10 @@ class Sam2Segmenter(PromptableSegmenter):
         coarse = fpn[-1] + model.no_memory_embedding.reshape(1, -1, 1, 1)
         return ImageEmbedding(coarse, (s0, s1))
 
-    def _sparse_points(self, prompts: Prompts, image_size: tuple[int, int],
-                       device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Box corners (labels 2, 3) then clicks, as Meta's predictor: coords ``(N, 1, K, 2)``
-        in model-input pixels, labels ``(N, 1, K)``; None without boxes and points."""
+    def point_inputs(self, prompts: Prompts, image_size: tuple[int, int],
+                     device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Box corners (labels 2, 3) then clicks, as Meta's predictors order them: coords
+        ``(N, 1, K, 2)`` in model-input pixels, labels ``(N, 1, K)``; None without boxes and points."""
         coords, labels = [], []
         n = len(prompts)
         if prompts.boxes is not None:
@@ -136,13 +137,17 @@ class Sam2Segmenter(PromptableSegmenter):
         image = embedding.image_embeddings
         device, dtype = image.device, image.dtype
         n = len(prompts)
-        points = self._sparse_points(prompts, image_size, device)
-        masks = None if prompts.masks is None else torch.as_tensor(prompts.masks, device=device, dtype=dtype)
-        # No boxes/points: Meta passes no sparse prompt at all (no padding point either).
+        points = self.point_inputs(prompts, image_size, device)
+        masks = None
+        if prompts.masks is not None:
+            if prompts.masks.shape[-2:] != (self.low_res_size, self.low_res_size):
+                raise PromptError(f"masks: expected (N, 1, {self.low_res_size}, {self.low_res_size}) low-res "
+                                  f"logits for {self.spec.name}, got shape {prompts.masks.shape}")
+            masks = torch.as_tensor(prompts.masks, device=device, dtype=dtype)
         sparse, dense = model.prompt_encoder(
             input_points=None if points is None else points[0], input_labels=None if points is None else points[1],
             input_boxes=None, input_masks=masks)
-        if sparse is None:
+        if sparse is None:  # no boxes/points: like Meta, no sparse prompt at all (not even a padding point)
             sparse = image.new_zeros(n, 1, 0, model.config.prompt_encoder_config.hidden_size)
         if prompts.tokens is not None:
             tokens = torch.as_tensor(prompts.tokens, device=device, dtype=sparse.dtype)

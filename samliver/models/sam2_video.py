@@ -24,6 +24,7 @@ from samliver.prompts import Prompts
 from samliver.registry import ModelSpec
 
 from .checkpoints import load_state_strict
+from .convert_sam2 import HF_VIDEO_PREFIXES
 from .sam2 import _sub_configs
 
 if TYPE_CHECKING:
@@ -63,11 +64,11 @@ def video_model(segmenter: "Sam2Segmenter") -> "Sam2VideoModel":
     if video is None:
         video = Sam2VideoModel(build_video_config(segmenter.spec))
         segmenter.__dict__["_video_model"] = video  # not a submodule: stays out of state_dict()
-    state = video.state_dict()
-    state.update(segmenter.sam2.state_dict())
-    if segmenter.video_state is not None:
-        state.update(segmenter.video_state)
-    load_state_strict(video, state, f"{segmenter.spec.name} (video)")
+    if segmenter.video_state is not None:  # a checkpoint's memory weights: all of them, strictly
+        memory = segmenter.video_state
+    else:  # random weights: the video model's own initialisation
+        memory = {k: v for k, v in video.state_dict().items() if k.startswith(HF_VIDEO_PREFIXES)}
+    load_state_strict(video, {**segmenter.sam2.state_dict(), **memory}, f"{segmenter.spec.name} (video)")
     return video.to(segmenter.device).eval()
 
 
@@ -92,7 +93,7 @@ def _add_prompts(segmenter: "Sam2Segmenter", session, key_slice: int, prompts: P
     """Object ``i`` of ``prompts`` becomes session object id ``i`` on ``key_slice``: box corners
     (labels 2, 3) then clicks, as Meta's ``add_new_points_or_box``; or a binary mask."""
     device = segmenter.device
-    points = segmenter._sparse_points(prompts, image_size, device)  # (N, 1, K, 2), (N, 1, K)
+    points = segmenter.point_inputs(prompts, image_size, device)  # (N, 1, K, 2), (N, 1, K)
     masks = None
     if prompts.masks is not None:
         size = segmenter.input_size
