@@ -28,17 +28,24 @@ def _noisy(model, seed: int = 0, std: float = 0.02):
     return model
 
 
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def _timed(fn):
-    torch.cuda.synchronize()
+    _sync()
     start = time.perf_counter()
     out = fn()
-    torch.cuda.synchronize()
+    _sync()
     return out, time.perf_counter() - start
 
 
-def check_model(name: str, ct, label: np.ndarray) -> dict:
+def check_model(name: str, ct, label: np.ndarray, device: str = "cuda") -> dict:
+    torch.manual_seed(0)
     cpu = _noisy(samliver.load_model(name, checkpoint="random"))
-    gpu = _noisy(samliver.load_model(name, checkpoint="random")).to("cuda")
+    torch.manual_seed(0)
+    gpu = _noisy(samliver.load_model(name, checkpoint="random")).to(device)
     z = int(np.argmax(label.reshape(label.shape[0], -1).sum(1)))
     prompts = boxes_from_mask(label[z] > 0)
     results = {}
@@ -51,9 +58,11 @@ def check_model(name: str, ct, label: np.ndarray) -> dict:
     agree = (slice_preds["cpu"].masks == slice_preds["cuda"].masks).mean()
     results["cpu_vs_cuda_max_abs_logit"] = float(diff)
     results["cpu_vs_cuda_mask_agreement"] = float(agree)
-    print(f"{name}: slice {z}: CPU vs CUDA max |logit diff| {diff:.2e}, mask agreement {agree:.6f}")
+    print(f"{name}: slice {z}: CPU vs {device} max |logit diff| {diff:.2e}, mask agreement {agree:.6f}")
 
-    if getattr(gpu, "sam", None) is not None:
+    from samliver.models.conventions import SamConvention
+
+    if isinstance(gpu.convention, SamConvention):  # SamPredictor applies SAM's own convention
         from segment_anything import SamPredictor
 
         ref = SamPredictor(gpu.sam)
@@ -61,7 +70,7 @@ def check_model(name: str, ct, label: np.ndarray) -> dict:
         masks, _, _ = ref.predict(box=prompts.boxes[0], multimask_output=False, return_logits=True)
         d = np.abs(masks[0] - slice_preds["cuda"].logits[0]).max()
         results["vs_upstream_max_abs_logit"] = float(d)
-        print(f"{name}: CUDA vs segment_anything.SamPredictor max |logit diff| {d:.2e}")
+        print(f"{name}: {device} vs segment_anything.SamPredictor max |logit diff| {d:.2e}")
 
     per_slice = {int(s): boxes_from_mask(label[s] > 0) for s in np.nonzero(label.reshape(label.shape[0], -1).any(1))[0]}
     pred = samliver.Predictor(gpu, batch_size=16)
@@ -82,12 +91,13 @@ def main() -> None:
     parser.add_argument("--ct", required=True)
     parser.add_argument("--label", required=True)
     parser.add_argument("--models", nargs="+", default=["sam_vit_b"])
+    parser.add_argument("--device", default="cuda", help="the device compared with the CPU")
     args = parser.parse_args()
-    assert torch.cuda.is_available(), "no CUDA device"
-    print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}")
+    name = torch.cuda.get_device_name() if args.device.startswith("cuda") else args.device
+    print(f"torch {torch.__version__}, {name}")
     ct = samliver.load_ct(args.ct)
     label = samliver.load_label(args.label, like=ct)
-    summary = {name: check_model(name, ct, label) for name in args.models}
+    summary = {model: check_model(model, ct, label, args.device) for model in args.models}
     print("SUMMARY", summary)
 
 

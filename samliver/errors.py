@@ -29,3 +29,11 @@ class PromptError(SamliverError, ValueError):
 
 class MaskWriteError(SamliverError, ValueError):
     """A mask cannot be written: unsupported format, wrong shape or values, or an unwritable path."""
+
+
+class DatasetError(SamliverError, ValueError):
+    """A dataset folder, case, label map or split is unusable; the message names the folder or case."""
+
+
+class TumorSynthesisError(SamliverError, ValueError):
+    """Bad tumour-synthesis options or an unusable liver mask (the message names which)."""

@@ -50,7 +50,10 @@ def propagate_boxes(model, hu_volume: np.ndarray, key_slice: int, prompts: Promp
         while alive and 0 <= z < depth:
             boxes = np.stack([mask_box(previous[i], margin_px, height, width) for i in alive])
             batch = Prompts(boxes=boxes, labels=prompts.labels[alive])
-            pred = decode_objects(model, encoder.encode(hu_volume, [z], window)[z], batch, (height, width))
+            # Encode ahead in the direction of travel: one batched encoder call serves the next
+            # slices, at the cost of at most batch_size - 1 unused encodes where objects vanish.
+            ahead = range(z, min(max(z + step * encoder.batch_size, -1), depth), step)
+            pred = decode_objects(model, encoder.encode(hu_volume, ahead, window)[z], batch, (height, width))
             paint(out[z], pred.masks, batch.labels)
             keep = pred.masks.reshape(len(alive), -1).sum(axis=1) >= min_pixels
             previous = {i: m for i, m, k in zip(alive, pred.masks, keep) if k}

@@ -80,23 +80,25 @@ def _grid_from_affine(path: Path, shape_ijk: tuple[int, ...], affine: np.ndarray
     )
 
 
-def nifti_bytes(labels_kji: np.ndarray, grid: Grid, header: Any | None) -> bytes:
-    """Serialise a uint8 label map (numpy ``[k, j, i]`` file order) as an uncompressed NIfTI-1.
+def nifti_bytes(data_kji: np.ndarray, grid: Grid, header: Any | None, dtype: Any = np.uint8,
+                intent: str = "label") -> bytes:
+    """Serialise a volume (numpy ``[k, j, i]`` file order) as an uncompressed NIfTI-1 of ``dtype``.
 
     With ``header`` (the source NIfTI's), the affines, their codes and units are kept as they
     were; otherwise the grid's affine is written as both qform and sform (code 1, scanner).
+    ``intent`` is the NIfTI intent (``"label"`` for label maps, ``"none"`` for images).
     """
     import nibabel as nib
 
-    data = np.ascontiguousarray(labels_kji.transpose(2, 1, 0), dtype=np.uint8)
+    data = np.ascontiguousarray(data_kji.transpose(2, 1, 0), dtype=dtype)
     if header is not None:
         out_header = header.copy()
         out_header.set_data_shape(data.shape)
-        out_header.set_data_dtype(np.uint8)
+        out_header.set_data_dtype(dtype)
         out_header.set_slope_inter(None, None)
         out_header["cal_min"] = 0
         out_header["cal_max"] = 0
-        out_header.set_intent("label")
+        out_header.set_intent(intent)
         image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
         # affine=None keeps the header's qform/sform and their codes untouched
         image = image_class(data, None, header=out_header)
@@ -106,7 +108,7 @@ def nifti_bytes(labels_kji: np.ndarray, grid: Grid, header: Any | None) -> bytes
         image.set_qform(affine, code=1)
         image.set_sform(affine, code=1)
         image.header.set_xyzt_units("mm")
-        image.header.set_intent("label")
+        image.header.set_intent(intent)
     return image.to_bytes()
 
 

@@ -47,14 +47,40 @@ def save_mask(mask: np.ndarray, like: CTVolume, path: str | os.PathLike[str]) ->
     if not out.parent.is_dir():
         raise MaskWriteError(f"{out}: folder {out.parent} does not exist")
 
-    if source is not None:
-        grid, reorientation, header = source.grid, source.reorientation, source.nifti_header
-    else:
-        # made in memory: the canonical grid is the file grid
-        grid, reorientation, header = like.grid, Reorientation((0, 1, 2), (False, False, False)), None
+    grid, reorientation, header = _file_grid(like)
     payload = nifti_bytes(reorientation.from_canonical(labels), grid, header)
-    _write_atomic(out, payload, compress=name.endswith(".gz"))
+    write_atomic(out, payload, compress=name.endswith(".gz"))
     return out
+
+
+def save_image(ct: CTVolume, path: str | os.PathLike[str]) -> Path:
+    """Write ``ct.array`` (HU, rounded and clipped to int16) as NIfTI on the grid of the file
+    ``ct`` was read from (its canonical grid for a volume made in memory); atomic like `save_mask`.
+
+    Raises:
+        MaskWriteError: unsupported suffix, unwritable path, or ``path`` is the source file itself.
+    """
+    out = Path(path)
+    if not out.name.lower().endswith(NIFTI_SUFFIXES):
+        raise MaskWriteError(f"{out}: unsupported output type; use .nii or .nii.gz")
+    if ct.source is not None and out.resolve() == ct.source.path.resolve():
+        raise MaskWriteError(f"{out}: refusing to overwrite the source image")
+    if not out.parent.is_dir():
+        raise MaskWriteError(f"{out}: folder {out.parent} does not exist")
+    hu = np.clip(np.rint(ct.array), -32768, 32767).astype(np.int16)
+    grid, reorientation, header = _file_grid(ct)
+    payload = nifti_bytes(reorientation.from_canonical(hu), grid, header, dtype=np.int16, intent="none")
+    write_atomic(out, payload, compress=out.name.lower().endswith(".gz"))
+    return out
+
+
+def _file_grid(ct: CTVolume) -> tuple:
+    """``(grid, reorientation, nifti header or None)`` of the file ``ct`` was read from."""
+    source = ct.source
+    if source is not None:
+        return source.grid, source.reorientation, source.nifti_header
+    # made in memory: the canonical grid is the file grid
+    return ct.grid, Reorientation((0, 1, 2), (False, False, False)), None
 
 
 def _as_uint8(mask: np.ndarray, like: CTVolume, out: Path) -> np.ndarray:
@@ -75,7 +101,9 @@ def _as_uint8(mask: np.ndarray, like: CTVolume, out: Path) -> np.ndarray:
     return array.astype(np.uint8)
 
 
-def _write_atomic(out: Path, payload: bytes, compress: bool) -> None:
+def write_atomic(out: Path, payload: bytes, compress: bool) -> None:
+    """Write ``payload`` (gzipped if ``compress``) to ``out`` via a temp file, fsync and rename;
+    on any error no file is left. Raises MaskWriteError naming ``out``."""
     tmp = out.with_name(f".{out.name}.{secrets.token_hex(6)}.tmp")
     try:
         # os.open with 0o666 lets the umask set the final file's permissions, unlike mkstemp's 0o600

@@ -1,0 +1,128 @@
+"""``samliver data info FOLDER``: what a dataset holds, and which cases cannot be read.
+
+``data`` has sub-commands; each registers itself with a function in `SUBCOMMANDS`
+(``prepare`` joins here).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from samliver.data.datasets import Dataset, load_dataset
+from samliver.errors import SamliverError
+
+CLASS_NAMES = ("background", "liver", "tumour")
+
+
+def add_info_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``data info``."""
+    p = sub.add_parser(
+        "info", help="layout, cases, geometry, HU and label summary, and problems",
+        description="Summarise a dataset: layout, per-case shape and spacing, HU range, voxels per "
+                    "label, and every case that cannot be read. Exit 0 when all cases read, 1 otherwise.",
+    )
+    p.add_argument("folder", metavar="FOLDER",
+                   help="dataset folder (MSD, nnU-Net v2 raw, LiTS, images/ + labels/) or a phantom spec "
+                        "such as phantom:liver-tumor?n=4")
+    p.add_argument("--sample", type=_positive_int, default=100_000, metavar="N",
+                   help="HU voxels sampled per case for the median (default 100000; min and max use all voxels)")
+    p.set_defaults(func=run_info)
+    return p
+
+
+# each adds one `samliver data` sub-command to the sub-parsers it is given
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], argparse.ArgumentParser]] = [add_info_parser]
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register the ``data`` command and its sub-commands; each sets ``func(args) -> int``."""
+    parser = subparsers.add_parser("data", help="inspect datasets",
+                                   description="Inspect datasets (MSD, nnU-Net v2, LiTS, images/ + labels/, phantom).")
+    sub = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
+    for add in SUBCOMMANDS:
+        add(sub)
+    return parser
+
+
+def run_info(args: argparse.Namespace) -> int:
+    """Read every case once, print a row per case and a summary; exit 1 if any case failed."""
+    ds = load_dataset(args.folder, strict=False)
+    _print_header(ds)
+    width = max([len(n) for n in ds.names] + [4])
+    print(f"\n{'case':<{width}}  {'shape (Z,Y,X)':<15} {'spacing (z,y,x) mm':<22} {'HU min/median/max':<22} "
+          "voxels background/liver/tumour")
+    rng = np.random.default_rng(0)
+    shapes, spacings, samples, extremes, counts, problems = [], [], [], [], [], []
+    for i, name in enumerate(ds.names):
+        try:
+            case = ds[i]
+        except SamliverError as exc:
+            problems.append((name, str(exc)))
+            print(f"{name:<{width}}  ERROR (see problems)")
+            continue
+        hu = case.image.array.ravel()
+        sample = hu if hu.size <= args.sample else hu[rng.choice(hu.size, size=args.sample, replace=False)]
+        low, mid, high = float(hu.min()), float(np.median(sample)), float(hu.max())
+        voxels = np.bincount(case.label.ravel(), minlength=3)[:3]
+        shapes.append(case.image.shape)
+        spacings.append(case.image.spacing)
+        samples.append(sample)
+        extremes.append((low, high))
+        counts.append(voxels)
+        print(f"{name:<{width}}  {'x'.join(map(str, case.image.shape)):<15} "
+              f"{'x'.join(f'{s:.3g}' for s in case.image.spacing):<22} "
+              f"{f'{low:.0f} / {mid:.0f} / {high:.0f}':<22} {' / '.join(str(int(v)) for v in voxels)}")
+    if counts:
+        _print_summary(shapes, spacings, samples, extremes, counts)
+    print(f"\nproblems  {len(problems) or 'none'}")
+    for name, message in problems:
+        print(f"  {name}: {message}")
+    return 1 if problems else 0
+
+
+def _print_header(ds: Dataset) -> None:
+    where = str(ds.root) if ds.root is not None else ds.title
+    labels = ", ".join(
+        f"{value} {ds.label_names.get(value, '?')} -> {cls}" + (" (ignored)" if cls == 0 and value != 0 else "")
+        for value, cls in sorted(ds.label_map.items())
+    )
+    print(f"dataset   {where}" + (f"  ({ds.title})" if ds.title and ds.title != where else ""))
+    print(f"layout    {ds.layout}")
+    print(f"cases     {len(ds)}")
+    print(f"labels    {labels}")
+    print(f"has_liver {'yes' if ds.has_liver else 'no (tumour targets only)'}")
+
+
+def _print_summary(shapes: Sequence[tuple[int, ...]], spacings: Sequence[tuple[float, ...]],
+                   samples: Sequence[np.ndarray], extremes: Sequence[tuple[float, float]],
+                   counts: Sequence[np.ndarray]) -> None:
+    shape, spacing = np.asarray(shapes), np.asarray(spacings)
+    print(f"\nsummary over {len(counts)} readable case(s)")
+    print("  shape    " + ", ".join(_range(a, shape[:, k], "") for k, a in enumerate("ZYX")))
+    print("  spacing  " + ", ".join(_range(a, spacing[:, k], " mm") for k, a in enumerate("zyx")))
+    pooled = np.concatenate(samples)
+    print(f"  HU       min {min(lo for lo, _ in extremes):.0f}, median {np.median(pooled):.0f} "
+          f"(sample of {pooled.size} voxels), max {max(hi for _, hi in extremes):.0f}")
+    total = np.sum(counts, axis=0)
+    share = ", ".join(f"{n} {int(v)} ({100 * v / max(total.sum(), 1):.2f}%)" for n, v in zip(CLASS_NAMES, total))
+    with_liver = sum(int(c[1] > 0) for c in counts)
+    with_tumour = sum(int(c[2] > 0) for c in counts)
+    print(f"  labels   {share}")
+    print(f"  cases    with liver {with_liver}/{len(counts)}, with tumour {with_tumour}/{len(counts)}")
+
+
+def _range(axis: str, values: np.ndarray, unit: str) -> str:
+    return f"{axis} {values.min():.4g}..{values.max():.4g}{unit} (median {np.median(values):.4g})"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
