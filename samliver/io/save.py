@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import gzip
 import os
-import secrets
 from pathlib import Path
 
 import numpy as np
 
-from samliver.atomic import fsync_folder
+from samliver.atomic import write_bytes_atomic
 from samliver.errors import MaskWriteError
 from samliver.io.ct import CTVolume
 from samliver.io.nifti import NIFTI_SUFFIXES, nifti_bytes
@@ -102,27 +101,11 @@ def _as_uint8(mask: np.ndarray, like: CTVolume, out: Path) -> np.ndarray:
 
 
 def write_atomic(out: Path, payload: bytes, compress: bool) -> None:
-    """Write ``payload`` (gzipped if ``compress``) to ``out`` via a temp file, fsync and rename;
+    """Write ``payload`` (gzipped if ``compress``) to ``out`` atomically (`write_bytes_atomic`);
     on any error no file is left. Raises MaskWriteError naming ``out``."""
-    tmp = out.with_name(f".{out.name}.{secrets.token_hex(6)}.tmp")
+    if compress:
+        payload = gzip.compress(payload, compresslevel=6, mtime=0)
     try:
-        # os.open with 0o666 lets the umask set the final file's permissions, unlike mkstemp's 0o600
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        write_bytes_atomic(out, payload)
     except OSError as exc:
-        raise MaskWriteError(f"{out}: cannot write here ({exc.strerror or exc})") from exc
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            if compress:
-                with gzip.GzipFile(filename="", mode="wb", fileobj=handle, compresslevel=6, mtime=0) as zipped:
-                    zipped.write(payload)
-            else:
-                handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, out)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise MaskWriteError(f"{out}: write failed ({exc.strerror or exc})") from exc
-        raise
-    fsync_folder(out.parent)
+        raise MaskWriteError(f"{out}: write failed ({exc.strerror or exc})") from exc

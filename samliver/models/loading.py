@@ -39,5 +39,7 @@ def load_model(name: str, checkpoint: str | Path | None = None, adapter: str | P
         model.load_weights(read_state_dict(path))
         model.checkpoint_sha256 = sha256_file(path)
     if adapter is not None:
-        raise NotImplementedError("loading adapters arrives with the adaptation strategies (samliver.adapters)")
+        from samliver.adapters import load_adapter
+
+        load_adapter(model, adapter)
     return model.to(device).eval()
