@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from samliver.data.datasets import Dataset, load_dataset
-from samliver.errors import SamliverError
+from samliver.errors import DatasetError, SamliverError
 
 CLASS_NAMES = ("background", "liver", "tumour")
 
@@ -33,13 +33,38 @@ def add_info_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
+def add_prepare_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``data prepare``."""
+    p = sub.add_parser(
+        "prepare", help="build the preprocessed slice cache used for training",
+        description="Window (and optionally resample in-plane) every case into a cache folder of .npy "
+                    "arrays for fast slice reads. Cases whose source and settings are unchanged are "
+                    "reused. Exit 0 when every case is cached, 1 when some were skipped.",
+    )
+    p.add_argument("folder", metavar="FOLDER", help="dataset folder or phantom spec (as for `data info`)")
+    p.add_argument("--out", "-o", required=True, metavar="CACHE", help="cache folder (created if absent)")
+    p.add_argument("--window", default="liver", metavar="NAME|LO,HI",
+                   help="CT window: liver (W400/L40, default), tumor (W200/L60), abdomen, wide, or LO,HI in "
+                        "HU (write --window=-100,200 when LO is negative)")
+    p.add_argument("--dtype", choices=("uint8", "int16"), default="uint8",
+                   help="uint8: windowed grey values (compact, default); int16: HU (any window when read)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--spacing", type=_positive_float, metavar="MM", help="resample in-plane to MM mm pixels")
+    size.add_argument("--size", type=_positive_int, metavar="PX", help="resample in-plane to PX x PX pixels")
+    p.add_argument("--strict", action="store_true", help="stop at the first case that cannot be read (exit 2)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_prepare)
+    return p
+
+
 # each adds one `samliver data` sub-command to the sub-parsers it is given
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], argparse.ArgumentParser]] = [add_info_parser]
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], argparse.ArgumentParser]] = [add_info_parser,
+                                                                                       add_prepare_parser]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register the ``data`` command and its sub-commands; each sets ``func(args) -> int``."""
-    parser = subparsers.add_parser("data", help="inspect datasets",
+    parser = subparsers.add_parser("data", help="inspect datasets and build training caches",
                                    description="Inspect datasets (MSD, nnU-Net v2, LiTS, images/ + labels/, phantom).")
     sub = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
     for add in SUBCOMMANDS:
@@ -81,6 +106,46 @@ def run_info(args: argparse.Namespace) -> int:
     for name, message in problems:
         print(f"  {name}: {message}")
     return 1 if problems else 0
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    """Build or update the cache; print what was built, reused and skipped; exit 1 if any case was skipped."""
+    from samliver.data.cache import CacheSettings, prepare_cache
+    from samliver.data.intensity import window_for
+
+    try:
+        settings = CacheSettings(window=window_for(args.window), dtype=args.dtype, spacing=args.spacing,
+                                 size=args.size)
+    except ValueError as exc:
+        raise DatasetError(f"--window {args.window}: {exc}") from None
+    ds = load_dataset(args.folder, strict=args.strict)
+    index = prepare_cache(ds, args.out, settings, strict=args.strict, progress=not args.quiet)
+    cases = [index[n] for n in ds.names if n in index]
+    slices = sum(c.shape[0] for c in cases)
+    tumour = sum(int(c.tumor_slices.sum()) for c in cases)
+    nbytes = sum(c.image_path.stat().st_size + c.label_path.stat().st_size for c in cases)
+    lo, hi = settings.window
+    grid = (f"spacing {settings.spacing:g} mm" if settings.spacing else
+            f"size {settings.size} px" if settings.size else "source grid")
+    print(f"cache     {index.root}")
+    print(f"settings  window ({lo:g}, {hi:g}) HU, {settings.dtype}, {grid}")
+    print(f"cases     {len(cases)} cached: {len(index.built)} built, {len(index.reused)} reused, "
+          f"{len(index.skipped)} skipped")
+    print(f"slices    {slices} ({tumour} with tumour, {100 * tumour / max(slices, 1):.1f}%), "
+          f"{nbytes / 2**20:.1f} MiB")
+    for name, message in index.skipped.items():
+        print(f"  skipped {name}: {message}")
+    return 1 if index.skipped else 0
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
 
 
 def _print_header(ds: Dataset) -> None:
