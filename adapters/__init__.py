@@ -16,3 +16,6 @@ from .saving import CONFIG_NAME, WEIGHTS_NAME, apply_strategy, load_adapter, rea
 __all__ = ["AdapterError", "CONFIG_NAME", "Strategy", "StrategyConfig", "WEIGHTS_NAME", "apply_strategy",
            "count_trainable", "freeze", "get_strategy", "list_strategies", "load_adapter", "read_adapter_config",
            "register_strategy", "save_adapter"]
+from . import depth3d  # noqa: F401  (registration)
+from . import lora  # noqa: F401  (registration)
+from . import full, decoder  # noqa: F401  (registration)

@@ -53,6 +53,9 @@ class Strategy(ABC):
 
     name: ClassVar[str]
     config_class: ClassVar[type[StrategyConfig]]
+    #: False where `apply` injects modules (LoRA, depth adapters): copies of the base modules,
+    #: such as SAM 2's video model, can then not take the adapted weights.
+    preserves_module_structure: ClassVar[bool] = True
 
     @abstractmethod
     def apply(self, model: nn.Module, config: StrategyConfig) -> nn.Module:

@@ -110,6 +110,39 @@ class Predictor:
                     paint(out[z], decode_objects(self.model, emb, group, (height, width)).masks, group.labels)
         return out
 
+    def segment_auto(self, volume, window: tuple[float, float] | None = None) -> np.ndarray:
+        """Segment a whole CT with no prompts, through the model's prompt-free head.
+
+        Every slice is encoded (in batches, through the embedding cache), the head gives
+        ``(B, K, h, w)`` class logits, ``model.postprocess`` brings them to the slice size and
+        the argmax is the label.
+
+        Args:
+            volume: a `CTVolume` or a ``(Z, H, W)`` HU array (canonical orientation).
+            window: ``(lo, hi)`` HU, overriding the model's default CT window.
+        Returns:
+            ``(Z, H, W)`` uint8 classes (0 background, 1 liver, 2 tumour for the default 3-class head).
+        Raises:
+            NoTaskHeadError: the model has no prompt-free head (``decoder`` adapter with ``head: multiclass``).
+        """
+        import torch
+
+        from samliver.adapters.task_head import require_task_head
+
+        head = require_task_head(self.model)
+        hu = _hu_array(volume)
+        depth, height, width = hu.shape
+        out = np.zeros(hu.shape, np.uint8)
+        step = self.encoder.batch_size
+        for start in range(0, depth, step):
+            zs = list(range(start, min(start + step, depth)))
+            embeddings = self.encoder.encode(hu, zs, window)
+            with torch.no_grad():
+                logits = head(ImageEmbedding.cat([embeddings[z] for z in zs]))
+                logits = self.model.postprocess(logits, (height, width))
+            out[start:start + len(zs)] = logits.argmax(dim=1).to(torch.uint8).cpu().numpy()
+        return out
+
     def propagate_volume(self, volume, key_slice: int, prompts: Prompts,
                          window: tuple[float, float] | None = None) -> np.ndarray:
         """3D segmentation from the objects prompted on ``key_slice``.

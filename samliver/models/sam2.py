@@ -9,6 +9,8 @@ as points with labels 2/3 placed before the clicks, and a padding point after th
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from torch import nn
@@ -181,7 +183,17 @@ class Sam2Segmenter(PromptableSegmenter):
     def propagate(self, hu_volume: np.ndarray, key_slice: int, prompts: Prompts,
                   window: tuple[float, float] | None = None) -> np.ndarray:
         """3D segmentation with SAM 2's memory (transformers ``Sam2VideoModel``), forward and
-        backward from ``key_slice``; see `samliver.models.sam2_video.propagate_video`."""
+        backward from ``key_slice``; see `samliver.models.sam2_video.propagate_video`.
+
+        With an adapter that injects modules (LoRA, depth adapters) the video model cannot hold
+        the adapted weights, so box propagation is used instead, with a warning."""
+        from samliver.adapters import get_strategy
+
         from .sam2_video import propagate_video
 
+        adapter = getattr(self, "adapter", None)
+        if adapter and not get_strategy(adapter["strategy"]).preserves_module_structure:
+            warnings.warn(f"{self.spec.name} with a {adapter['strategy']} adapter: SAM 2's video memory cannot "
+                          "hold the adapted weights; propagating boxes slice by slice instead", stacklevel=2)
+            return super().propagate(hu_volume, key_slice, prompts, window)
         return propagate_video(self, hu_volume, key_slice, prompts, window)
