@@ -34,7 +34,6 @@ from typing import ClassVar
 
 from torch import nn
 
-from samliver.models.base import PromptableSegmenter
 
 from .base import AdapterError, Strategy, StrategyConfig, freeze, register_strategy
 from .depth_adapter import ADAPTER_NAME, DepthAdapter, attach
