@@ -21,6 +21,7 @@ from torch.utils.data import Dataset as TorchDataset
 from samliver.data.cache import CacheIndex, open_cache
 from samliver.data.case import LIVER, TUMOR
 from samliver.data.intensity import Window, WindowLike, window_for, window_to_uint8
+from samliver.inference import stack_indices
 
 TARGETS = ("liver", "tumor")
 _EIGHT = np.ones((3, 3), dtype=int)
@@ -138,8 +139,7 @@ class SliceDataset(TorchDataset):
     def stack_indices(self, index: int) -> np.ndarray:
         """The D slice indices of item ``index``'s stack, edge slices repeated at the volume's ends."""
         case, z = self.cases[self._case[index]], int(self._slice[index])
-        r = self.stack_depth // 2
-        return np.clip(np.arange(z - r, z + r + 1), 0, case.shape[0] - 1)
+        return stack_indices(z, case.shape[0], self.stack_depth)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not -len(self) <= index < len(self):
