@@ -8,10 +8,10 @@ import sys
 from samliver import __version__
 from samliver.errors import SamliverError
 
-from . import data_cmd, segment_cmd, synth_cmd, weights_cmd
+from . import data_cmd, evaluate_cmd, segment_cmd, synth_cmd, weights_cmd
 
 # Each sub-command module has add_parser(subparsers) and sets `func` on its parser.
-COMMANDS = (segment_cmd, data_cmd, synth_cmd, weights_cmd)
+COMMANDS = (segment_cmd, evaluate_cmd, data_cmd, synth_cmd, weights_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,15 @@
+"""Evaluation: segmentation metrics (:mod:`.metrics`) and lesion-wise/clinical metrics (:mod:`.lesions`)."""
+
+from . import lesions, metrics
+
+__all__ = ["lesions", "metrics"]
+
+# The evaluation run (cases × targets × prompt settings), its settings registry and outputs.
+from .outputs import RunFolderError, compare_runs, format_compare  # noqa: E402
+from .runner import EvaluationResult, evaluate  # noqa: E402
+from .settings import (  # noqa: E402
+    PromptSetting, SettingError, get_setting, list_settings, parse_settings, register_setting,
+)
+
+__all__ += ["EvaluationResult", "PromptSetting", "RunFolderError", "SettingError", "compare_runs", "evaluate",
+            "format_compare", "get_setting", "list_settings", "parse_settings", "register_setting"]
