@@ -1,0 +1,127 @@
+"""Command line of ``train_adapter.py``: flags -> config overrides -> `samliver.training.loop.train`.
+
+Flags are hyphenated; the Accelerate examples' underscore spellings are accepted as aliases
+(``--max_steps``, ``--output_dir``, ``--checkpointing_steps``, ``--resume_from_checkpoint``,
+``--mixed_precision``, ``--gradient_accumulation_steps``, ``--learning_rate``, ``--with_tracking``).
+User mistakes print one line and exit 2 (``--debug`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import sys
+from typing import Any
+
+from samliver.errors import SamliverError
+
+from .config import ConfigError
+from .resolution import dotted, merge, parse_assignment, resolve
+
+#: (flags, config key, type, help); the first flag is the canonical hyphenated one
+OPTIONS: tuple[tuple[tuple[str, ...], str, Any, str], ...] = (
+    (("--method",), "method", str, "adaptation strategy (registered: full, decoder, lora, depth3d, ...)"),
+    (("--model",), "model", str, "base model name (samliver.list_models())"),
+    (("--checkpoint",), "checkpoint", str, "base checkpoint: a path, or 'random' (default: the weights folders)"),
+    (("--adapter",), "adapter", str, "a saved adapter folder to continue training from"),
+    (("--data",), "data", str, "dataset folder or phantom spec, e.g. phantom:liver-tumor?n=12&seed=0"),
+    (("--test-data", "--test_data"), "test_data", str, "held-out test dataset (other cases than --data)"),
+    (("--max-steps", "--max_steps", "--max_train_steps"), "max_steps", int, "optimizer steps in all"),
+    (("--batch-size", "--batch_size"), "batch_size", int, "slices per process per micro-batch"),
+    (("--lr", "--learning-rate", "--learning_rate"), "lr", float, "peak learning rate"),
+    (("--output-dir", "--output_dir"), "output_dir", str, "run folder ({method} and {model} are filled in)"),
+    (("--seed",), "seed", int, "random seed (model init, draws, prompts, augmentation)"),
+    (("--mixed-precision", "--mixed_precision"), "mixed_precision", str,
+     "no, bf16 or fp16 (default: as accelerate launch says)"),
+    (("--gradient-accumulation-steps", "--gradient_accumulation_steps"), "gradient_accumulation_steps", int,
+     "micro-batches per optimizer step"),
+    (("--eval-every", "--eval_every"), "eval_every", int, "validate every N steps (0: only at the end)"),
+    (("--checkpoint-every", "--checkpoint_every", "--checkpointing_steps"), "checkpoint_every", int,
+     "save a resumable checkpoint every N steps"),
+    (("--num-workers", "--num_workers"), "num_workers", int, "DataLoader worker processes"),
+    (("--log-with", "--log_with"), "log_with", str, "Accelerate tracker: tensorboard (default), wandb, none, ..."),
+    (("--export-base", "--export_base"), "export_base", str,
+     "also write the whole trained model as a base checkpoint to PATH (+ PATH.json)"),
+    (("--cache-dir", "--cache_dir"), "cache_dir", str, "slice cache folder (default: RUN_DIR/cache)"),
+)
+
+#: flags whose value "", "none" or "null" means "not set" (e.g. ``--test-data none``)
+NULLABLE = ("checkpoint", "adapter", "test_data", "export_base", "cache_dir", "log_with", "mixed_precision")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="train_adapter.py", allow_abbrev=False,
+                                     description="Adapt a promptable model to liver / liver-tumour CT with Accelerate.",
+                                     epilog="Run with `accelerate launch [--multi_gpu --num_processes N] "
+                                            "train_adapter.py ...` for several processes.")
+    parser.add_argument("--config", help="YAML config (a path, or a preset name from configs/train/); "
+                                         "default: configs/train/<method>.yaml")
+    for flags, key, kind, text in OPTIONS:
+        parser.add_argument(*flags, dest=key, type=kind, default=None, help=text)
+    parser.add_argument("--method-config", "--method_config", action="append", default=[], metavar="KEY=VALUE",
+                        help="a strategy config value (YAML), e.g. rank=8 or encoder_targets=[qkv,proj]; repeatable")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="any config value by dotted key, e.g. prompts.corrective_clicks=2; repeatable")
+    parser.add_argument("--resume", "--resume-from-checkpoint", "--resume_from_checkpoint", nargs="?",
+                        const="latest", default=None, metavar="PATH",
+                        help="continue from the newest checkpoint of the run folder, or from PATH")
+    parser.add_argument("--overwrite", action="store_true", help="start over in a run folder that holds a run")
+    parser.add_argument("--gradient-checkpointing", "--gradient_checkpointing", action="store_true", default=None,
+                        help="recompute encoder blocks in the backward pass (less memory at 1024 px)")
+    parser.add_argument("--with-tracking", "--with_tracking", action="store_true",
+                        help="accepted for the Accelerate examples' sake: tracking is on by default")
+    parser.add_argument("--cpu", action="store_true", default=None, help="train on the CPU even where CUDA is present")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    return parser
+
+
+def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
+    """Config overrides from parsed flags (only those given)."""
+    out: dict[str, Any] = {}
+    for _, key, _, _ in OPTIONS:
+        value = getattr(args, key)
+        if value is not None:
+            out[key] = None if key in NULLABLE and str(value).lower() in ("", "none", "null") else value
+    for key in ("gradient_checkpointing", "cpu"):
+        if getattr(args, key):
+            out[key] = True
+    method_config: dict[str, Any] = {}
+    for text in args.method_config:
+        key, value = parse_assignment(text, "--method-config")
+        method_config[key] = value
+    if method_config:
+        out["method_config"] = method_config
+    for text in args.set:
+        key, value = parse_assignment(text, "--set")
+        out = merge(out, dotted(key, value))
+    return out
+
+
+def _unknown_flags(parser: argparse.ArgumentParser, extra: list[str]) -> str:
+    known = [s for action in parser._actions for s in action.option_strings]
+    flag = next((e for e in extra if e.startswith("-")), extra[0])
+    close = difflib.get_close_matches(flag.split("=")[0], known, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]}?" if close else "; see --help"
+    return f"unknown option {flag}{hint}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse, resolve the config, train. Returns the exit status (2 for a user mistake)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    try:
+        if extra:
+            raise ConfigError(_unknown_flags(parser, extra))
+        config, used = resolve(args.config, overrides_from(args))
+        from .loop import train
+
+        train(config, resume=args.resume, overwrite=args.overwrite, config_file=used)
+        return 0
+    except SamliverError as exc:
+        if args.debug:
+            raise
+        print(f"train_adapter.py: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("train_adapter.py: interrupted; continue with --resume", file=sys.stderr)
+        return 130

@@ -1,0 +1,149 @@
+"""One training step per kind of model, as an ``nn.Module`` whose ``forward(batch)`` returns the loss.
+
+Two kinds, chosen by what the adapted model exposes (`step_kind`), never by strategy name:
+
+- ``"prompted"`` (`PromptedStep`): the model decodes prompts. Each slice's objects get prompts
+  simulated from their masks (`samliver.training.prompting`), optionally followed by corrective
+  clicks; the decoder's masks are scored with `MaskLoss`.
+- ``"head"`` (`HeadStep`): the model carries a prompt-free ``task_head`` (the ``decoder`` strategy with
+  ``head: multiclass``); its class logits are scored with a multi-class Dice-CE.
+
+The step is the module Accelerate prepares (DDP needs the gradients' forward to run through its
+wrapper). A batch brings either model ``pixels`` (``(B, D, 3, S, S)``, D = 1 for 2D models)
+or precomputed ``image_embeddings`` (frozen encoders), so the step encodes only when it must.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from samliver.models.base import ImageEmbedding
+
+from .config import TrainConfig
+from .losses import MaskLoss, head_loss
+from .prompting import choose_objects, corrective_prompts, initial_prompts
+
+
+def step_kind(model: nn.Module) -> str:
+    """``"head"`` for a model with a prompt-free ``task_head``, else ``"prompted"``."""
+    return "head" if getattr(model, "task_head", None) is not None else "prompted"
+
+
+def embed(model: nn.Module, batch: dict[str, Any]) -> ImageEmbedding:
+    """The `ImageEmbedding` of the B slices of ``batch`` (the centre slice of each stack)."""
+    if "image_embeddings" in batch:
+        return ImageEmbedding(batch["image_embeddings"], batch.get("high_res_features"))
+    pixels = batch["pixels"]
+    if pixels.ndim == 4:
+        return model.encode(pixels)
+    n, depth = pixels.shape[:2]
+    emb = model.encode(pixels.flatten(0, 1))                        # n * D images, stack after stack
+    centre = torch.arange(n, device=pixels.device) * depth + depth // 2
+    hi = None if emb.high_res_features is None else tuple(f[centre] for f in emb.high_res_features)
+    return ImageEmbedding(emb.image_embeddings[centre], hi)
+
+
+def _zero_loss(module: nn.Module) -> torch.Tensor:
+    """A zero that still reaches every trainable parameter (a batch without objects must not leave
+    one process out of the gradient all-reduce)."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    return sum(p.sum() for p in params) * 0.0 if params else torch.zeros(())
+
+
+class PromptedStep(nn.Module):
+    """Prompts from ground truth -> decoder masks -> `MaskLoss` (see the module docstring)."""
+
+    def __init__(self, model: nn.Module, config: TrainConfig) -> None:
+        super().__init__()
+        self.model = model
+        self.settings = config.prompts
+        self.loss = MaskLoss(config.loss)
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """``batch`` from `samliver.training.data.collate_train`; returns ``loss`` and ``objects`` (count)."""
+        emb = embed(self.model, batch)
+        size = tuple(int(s) for s in batch["label"].shape[-2:])
+        total, weight = None, 0
+        for b in range(len(batch["num_objects"])):
+            n = int(batch["num_objects"][b])
+            if n == 0:
+                continue
+            rng = np.random.default_rng(int(batch["prompt_seed"][b]))
+            keep = torch.as_tensor(choose_objects(n, self.settings.max_objects, rng))
+            masks = batch["objects"][b, keep.to(batch["objects"].device)]
+            masks_np = masks.cpu().numpy()
+            labels = batch["object_labels"][b, keep.to(batch["object_labels"].device)].cpu().numpy().astype(np.uint8)
+            prompts = initial_prompts(masks_np, labels, self.settings, rng)
+            for round_ in range(1 + self.settings.corrective_clicks):
+                single_click = prompts.boxes is None and prompts.points is not None and prompts.points.shape[1] == 1
+                multimask = self.settings.multimask and single_click
+                out = self.model.decode(emb.select(b), prompts, size, multimask=multimask)
+                logits = self.model.postprocess(out.low_res_logits, size)              # (N, M, H, W)
+                loss = self.loss(logits, masks, out.iou_scores)
+                total = loss * len(keep) if total is None else total + loss * len(keep)
+                weight += len(keep)
+                if round_ < self.settings.corrective_clicks:
+                    best = out.iou_scores.argmax(dim=1)
+                    pick = torch.arange(len(keep), device=best.device)
+                    predicted = (logits[pick, best] > 0).detach().cpu().numpy()
+                    low_res = out.low_res_logits[pick, best][:, None].detach().float().cpu().numpy()
+                    prompts = corrective_prompts(prompts, predicted, masks_np, low_res, rng)
+        if total is None:
+            return {"loss": _zero_loss(self), "objects": torch.zeros((), device=emb.image_embeddings.device)}
+        return {"loss": total / weight, "objects": torch.tensor(float(weight), device=total.device)}
+
+
+class HeadStep(nn.Module):
+    """Prompt-free head logits -> multi-class Dice-CE against the label map."""
+
+    def __init__(self, model: nn.Module, config: TrainConfig) -> None:
+        super().__init__()
+        self.model = model
+        self.loss = head_loss(config.loss)
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        label = batch["label"]                                                # (B, H, W)
+        logits = self.model.task_head(embed(self.model, batch))                 # (B, K, h, w)
+        logits = self.model.postprocess(logits, tuple(int(s) for s in label.shape[-2:]))
+        loss = self.loss(logits.float(), label[:, None])
+        return {"loss": loss, "objects": torch.tensor(float(label.shape[0]), device=loss.device)}
+
+
+#: step kind -> the module that trains it
+STEPS: dict[str, type[nn.Module]] = {"prompted": PromptedStep, "head": HeadStep}
+
+
+def make_step(model: nn.Module, config: TrainConfig) -> nn.Module:
+    """The training step module for ``model`` (by `step_kind`)."""
+    return STEPS[step_kind(model)](model, config)
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> int:
+    """Recompute each image-encoder block in the backward pass instead of keeping its activations
+    (for 1024-pixel training). Works for every encoder `samliver.adapters.depth3d.encoder_blocks`
+    knows (SAM ViT, SAM 2 Hiera); forward hooks on the blocks (depth adapters) still run.
+
+    Returns:
+        The number of blocks wrapped.
+    """
+    from samliver.adapters.depth3d import encoder_blocks
+
+    blocks = encoder_blocks(model).blocks
+    for block in blocks:
+        block.forward = _checkpointed(block.forward)
+    return len(blocks)
+
+
+def _checkpointed(forward):
+    @functools.wraps(forward)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        if torch.is_grad_enabled():
+            return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+        return forward(*args, **kwargs)
+    return run
