@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Callable
 
 from samliver import __version__
 from samliver.errors import SamliverError
@@ -24,19 +25,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def report_errors(prog: str, call: Callable[[], int | None], debug: bool = False,
+                  interrupted: str = "interrupted") -> int:
+    """Run ``call``; a user mistake (`SamliverError`) prints one line and returns 2 (with
+    ``debug`` it is raised, traceback and all); Ctrl-C returns 130."""
     try:
-        return int(args.func(args) or 0)
+        return int(call() or 0)
     except SamliverError as exc:
-        if args.debug:
+        if debug:
             raise
-        print(f"samliver: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("samliver: interrupted", file=sys.stderr)
+        print(f"{prog}: {interrupted}", file=sys.stderr)
         return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return report_errors("samliver", lambda: args.func(args), debug=args.debug)
 
 
 if __name__ == "__main__":

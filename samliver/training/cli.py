@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import sys
 from typing import Any
 
-from samliver.errors import SamliverError
 
 from .config import ConfigError
 from .resolution import dotted, merge, parse_assignment, resolve
@@ -107,9 +105,12 @@ def _unknown_flags(parser: argparse.ArgumentParser, extra: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse, resolve the config, train. Returns the exit status (2 for a user mistake)."""
+    from samliver.cli.main import report_errors
+
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    try:
+
+    def run() -> int:
         if extra:
             raise ConfigError(_unknown_flags(parser, extra))
         config, used = resolve(args.config, overrides_from(args))
@@ -117,11 +118,6 @@ def main(argv: list[str] | None = None) -> int:
 
         train(config, resume=args.resume, overwrite=args.overwrite, config_file=used)
         return 0
-    except SamliverError as exc:
-        if args.debug:
-            raise
-        print(f"train_adapter.py: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("train_adapter.py: interrupted; continue with --resume", file=sys.stderr)
-        return 130
+
+    return report_errors("train_adapter.py", run, debug=args.debug,
+                         interrupted="interrupted; continue with --resume")
