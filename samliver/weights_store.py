@@ -122,7 +122,8 @@ def find_checkpoint(name: str) -> Path:
     if entry["url"] or os.environ.get(ENV_BASE_URL):
         how = f"run `samliver weights download {name}`, or copy the file into one of those folders"
     else:
-        how = ("it is not downloadable (bundled with samliver / trained by the project): train it, "
+        train = f" (in a source checkout `{entry['train']}` trains it)" if entry.get("train") else ""
+        how = (f"it is not downloadable (bundled with samliver / trained by the project): train it{train}, "
                "copy it into one of those folders, or pass --checkpoint PATH")
     raise WeightsNotFoundError(f"checkpoint {entry['file']} for model {name!r} not found in {where}; {how}")
 
