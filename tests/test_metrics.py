@@ -20,6 +20,7 @@ from hypothesis.extra.numpy import arrays
 from scipy import ndimage
 from scipy.spatial.distance import pdist
 
+from samliver.evaluation import clinical as C
 from samliver.evaluation import lesions as L
 from samliver.evaluation import metrics as M
 
@@ -569,13 +570,13 @@ def test_tumour_burden_and_liver_volume_error_on_boxes():
     pred[0:12, 0:10, 0:10] = 1  # 1200 voxels = 2.4 mL
     pred[2:4, 2:7, 2:9] = 2  # 70 voxels
     assert L.volume_ml(ref > 0, sp) == pytest.approx(2.0)
-    assert L.liver_volume_error_ml(pred > 0, ref > 0, sp) == pytest.approx(0.4)
-    assert L.tumour_burden(ref == 2, ref >= 1) == pytest.approx(0.05)
-    assert L.tumour_burden(ref == 2, ref == 1) == pytest.approx(0.05)  # parenchyma-only liver mask
-    assert L.tumour_burden_from_labels(ref) == pytest.approx(0.05)
-    assert math.isnan(L.tumour_burden(np.zeros(shape, bool), np.zeros(shape, bool)))
+    assert C.liver_volume_error_ml(pred > 0, ref > 0, sp) == pytest.approx(0.4)
+    assert C.tumour_burden(ref == 2, ref >= 1) == pytest.approx(0.05)
+    assert C.tumour_burden(ref == 2, ref == 1) == pytest.approx(0.05)  # parenchyma-only liver mask
+    assert C.tumour_burden_from_labels(ref) == pytest.approx(0.05)
+    assert math.isnan(C.tumour_burden(np.zeros(shape, bool), np.zeros(shape, bool)))
 
-    c = L.clinical_metrics(pred, ref, sp)
+    c = C.clinical_metrics(pred, ref, sp)
     assert c["liver_volume_ref_ml"] == pytest.approx(2.0)
     assert c["liver_volume_pred_ml"] == pytest.approx(2.4)
     assert c["liver_volume_error_ml"] == pytest.approx(0.4)
@@ -589,4 +590,4 @@ def test_tumour_burden_and_liver_volume_error_on_boxes():
     assert c["max_diameter_pred_mm"] == pytest.approx(math.hypot(4, 6))
     assert c["recist_abs_error_mm"] == pytest.approx(math.hypot(4, 6) - math.hypot(4, 4))
     with pytest.raises(ValueError, match="same shape"):
-        L.clinical_metrics(pred[:-1], ref, sp)
+        C.clinical_metrics(pred[:-1], ref, sp)

@@ -1,8 +1,9 @@
-"""Evaluation: segmentation metrics (:mod:`.metrics`) and lesion-wise/clinical metrics (:mod:`.lesions`)."""
+"""Evaluation: segmentation metrics (:mod:`.metrics`), lesion-wise metrics (:mod:`.lesions`) and
+clinical measurements (:mod:`.clinical`)."""
 
-from . import lesions, metrics
+from . import clinical, lesions, metrics
 
-__all__ = ["lesions", "metrics"]
+__all__ = ["clinical", "lesions", "metrics"]
 
 # The evaluation run (cases × targets × prompt settings), its settings registry and outputs.
 from .outputs import RunFolderError, compare_runs, format_compare  # noqa: E402

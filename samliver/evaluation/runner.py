@@ -166,6 +166,7 @@ def evaluate(model, data, prompts: str | Sequence = ("box",), output: str | Path
 def evaluate_case(model, case, settings: list[PromptSetting], targets: Sequence[str], config: dict):
     """Score one case: ``(record, overlay)``; ``record`` holds its per-case and per-lesion rows and
     timings, ``overlay`` a few slices (CT, reference, each setting's prediction) for pictures."""
+    from . import clinical
     from . import lesions as lesion_metrics
     from . import metrics
 
@@ -192,15 +193,15 @@ def evaluate_case(model, case, settings: list[PromptSetting], targets: Sequence[
                    **metrics.case_metrics(pred, ref, spacing, tol), "tp_voxels": int(np.count_nonzero(pred & ref)),
                    "pred_voxels": int(pred.sum()), "ref_voxels": int(ref.sum()), "seconds": seconds}
             if target == "liver":
-                row["volume_error_ml"] = lesion_metrics.liver_volume_error_ml(pred, ref, spacing)
+                row["volume_error_ml"] = clinical.liver_volume_error_ml(pred, ref, spacing)
                 liver_pred = pred
             else:
                 report = lesion_metrics.evaluate_lesions(pred, ref, spacing)
                 row.update(_lesion_counts(report))
                 row["recist_abs_error_mm"] = report.mean_diameter_error_mm
                 if liver_pred is not None:
-                    burden_ref = lesion_metrics.tumour_burden(ref, ctx.reference("liver"))
-                    burden_pred = lesion_metrics.tumour_burden(pred, liver_pred)
+                    burden_ref = clinical.tumour_burden(ref, ctx.reference("liver"))
+                    burden_pred = clinical.tumour_burden(pred, liver_pred)
                     row.update(burden_ref=burden_ref, burden_pred=burden_pred,
                                burden_abs_error=abs(burden_pred - burden_ref))
                 lesion_rows += _lesion_rows(case.name, setting.name, report)
