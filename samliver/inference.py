@@ -23,11 +23,14 @@ class Prediction:
         masks: ``(N, H, W)`` bool.
         scores: ``(N,)`` predicted IoU of each mask.
         logits: ``(N, H, W)`` float32 mask logits at the slice size (threshold 0).
+        low_res_logits: ``(N, 1, h, w)`` float32 logits at the model's low-res size, ready to
+            feed back as ``mask_input`` (iterative clicks).
     """
 
     masks: np.ndarray
     scores: np.ndarray
     logits: np.ndarray
+    low_res_logits: np.ndarray | None = None
 
 
 def decode_objects(model: PromptableSegmenter, embedding: ImageEmbedding, prompts: Prompts,
@@ -42,7 +45,8 @@ def decode_objects(model: PromptableSegmenter, embedding: ImageEmbedding, prompt
         logits = model.postprocess(low_res, image_size)[:, 0]
         scores = out.iou_scores[pick, best]
     logits = logits.float().cpu().numpy()
-    return Prediction(masks=logits > model.mask_threshold, scores=scores.float().cpu().numpy(), logits=logits)
+    return Prediction(masks=logits > model.mask_threshold, scores=scores.float().cpu().numpy(), logits=logits,
+                      low_res_logits=low_res.float().cpu().numpy())
 
 
 def paint(label_map: np.ndarray, masks: np.ndarray, labels: np.ndarray) -> None:

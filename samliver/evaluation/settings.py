@@ -34,7 +34,7 @@ import hashlib
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 from scipy import ndimage
@@ -133,18 +133,30 @@ class SlicePromptSetting(PromptSetting):
         """Prompts for the objects of one slice's reference ``(H, W)`` bool (None: nothing to prompt)."""
 
     def predict(self, ctx: CaseContext, target: str) -> np.ndarray:
-        ref = ctx.reference(target)
-        out = np.zeros(ref.shape, bool)
-        zs = np.flatnonzero(ref.any(axis=(1, 2)))
-        embeddings = ctx.embeddings(zs)
-        for z in zs:
-            prompts = self.slice_prompts(ref[z], ctx, ctx.rng(self.name, target, int(z)))
+        def one_slice(z: int, ref_2d: np.ndarray, embedding) -> np.ndarray | None:
+            prompts = self.slice_prompts(ref_2d, ctx, ctx.rng(self.name, target, z))
             if prompts is None:
-                continue
-            pred = decode_objects(ctx.model, embeddings[int(z)], prompts.check_inside(*ctx.image_size),
+                return None
+            pred = decode_objects(ctx.model, embedding, prompts.check_inside(*ctx.image_size),
                                   ctx.image_size, self.multimask)
-            out[z] = pred.masks.any(axis=0)
-        return out
+            return pred.masks.any(axis=0)
+
+        return per_reference_slice(ctx, target, one_slice)
+
+
+def per_reference_slice(ctx: CaseContext, target: str,
+                        segment: Callable[[int, np.ndarray, Any], np.ndarray | None]) -> np.ndarray:
+    """``(Z, H, W)`` bool: ``segment(z, ref_2d, embedding)`` on every slice where the target's
+    reference is present (all their embeddings fetched from the case's shared cache at once)."""
+    ref = ctx.reference(target)
+    out = np.zeros(ref.shape, bool)
+    zs = np.flatnonzero(ref.any(axis=(1, 2)))
+    embeddings = ctx.embeddings(zs)
+    for z in zs:
+        mask = segment(int(z), ref[z], embeddings[int(z)])
+        if mask is not None:
+            out[z] = mask
+    return out
 
 
 # ------------------------------------------------------------------------------ registry
@@ -286,20 +298,14 @@ class ClicksSetting(PromptSetting):
         return {"clicks": self.clicks, "feed_mask": self.feed_mask}
 
     def predict(self, ctx: CaseContext, target: str) -> np.ndarray:
-        ref = ctx.reference(target)
-        out = np.zeros(ref.shape, bool)
-        zs = np.flatnonzero(ref.any(axis=(1, 2)))
-        embeddings = ctx.embeddings(zs)
-        for z in zs:
-            components, n = ndimage.label(ref[z], structure=_CONN_2D)
-            objects = [components == k for k in range(1, n + 1)]
-            out[z] = np.any(self._interact(ctx, embeddings[int(z)], objects), axis=0)
-        return out
+        def one_slice(z: int, ref_2d: np.ndarray, embedding) -> np.ndarray:
+            components, n = ndimage.label(ref_2d, structure=_CONN_2D)
+            return np.any(self._interact(ctx, embedding, [components == k for k in range(1, n + 1)]), axis=0)
+
+        return per_reference_slice(ctx, target, one_slice)
 
     def _interact(self, ctx: CaseContext, embedding, objects: list[np.ndarray]) -> np.ndarray:
         """Masks ``(N, H, W)`` after the click sequence on each of one slice's N objects."""
-        import torch
-
         model, hw = ctx.model, ctx.image_size
         clicks = [[(*region_centre(obj), 1)] for obj in objects]
         masks = np.zeros((len(objects), *hw), bool)
@@ -310,16 +316,11 @@ class ClicksSetting(PromptSetting):
             labels = np.array([[c[2] for c in clicks[i]] for i in active], np.int64)
             fed = np.stack([low_res[i] for i in active]) if step and self.feed_mask else None
             prompts = Prompts(points=pts, point_labels=labels, masks=fed).check_inside(*hw)
-            with torch.no_grad():
-                out = model.decode(embedding, prompts, hw, multimask=step == 0)
-                best = out.iou_scores.argmax(dim=1)
-                chosen = out.low_res_logits[torch.arange(len(active)), best][:, None]
-                logits = model.postprocess(chosen, hw)[:, 0]
-            new = (logits > model.mask_threshold).cpu().numpy()
-            chosen = chosen.float().cpu().numpy()
+            pred = decode_objects(model, embedding, prompts, hw, multimask=step == 0)
+            new = pred.masks
             still = []
             for j, i in enumerate(active):
-                masks[i], low_res[i] = new[j], chosen[j]
+                masks[i], low_res[i] = new[j], pred.low_res_logits[j]
                 nxt = corrective_click(new[j], objects[i]) if step + 1 < self.clicks else None
                 if nxt is not None:
                     clicks[i].append(nxt)
