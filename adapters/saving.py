@@ -1,6 +1,8 @@
 """Saved adapters: ``adapter_model.safetensors`` (only the strategy's trainable tensors) and
 ``adapter_config.json`` (strategy, its config, base model name and checkpoint sha256,
-samliver version). Loading refuses an adapter made for another base."""
+samliver version). Loading refuses an adapter made for another base. A trained text projection
+(``model.text_prompts``, `samliver.prompts.clip_text`) travels with the adapter: its tensors under
+``text_prompts.`` and its record (text tower, class descriptions) as ``text_prompts`` in the config."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from pathlib import Path
 from torch import nn
 
 from samliver.atomic import write_bytes_atomic
+from samliver.prompts.clip_text import restore_text_prompts, split_text_tensors, text_prompts_record
 
 from .base import AdapterError, get_strategy
 
@@ -42,6 +45,11 @@ def save_adapter(model: nn.Module, folder: str | Path, extra: dict | None = None
     config = {"strategy": info["strategy"], "config": info["config"], "base_model": model.spec.name,
               "base_checkpoint_sha256": model.checkpoint_sha256, "samliver_version": samliver.__version__,
               **(extra or {})}
+    # A trained text projection (model.text_prompts) is saved beside the strategy's tensors, with its record.
+    text_config, text_tensors = text_prompts_record(model)
+    tensors = {**split_text_tensors(tensors)[0], **text_tensors}
+    if text_config is not None:
+        config["text_prompts"] = text_config
     write_bytes_atomic(folder / WEIGHTS_NAME, save(tensors, metadata={"format": "pt"}))
     write_bytes_atomic(folder / CONFIG_NAME, (json.dumps(config, indent=2) + "\n").encode())
     return folder
@@ -84,6 +92,11 @@ def load_adapter(model: nn.Module, folder: str | Path) -> nn.Module:
         tensors = load_file(str(folder / WEIGHTS_NAME))
     except (OSError, SafetensorError) as exc:
         raise AdapterError(f"{folder / WEIGHTS_NAME}: unreadable adapter weights ({exc})") from None
+    tensors, text_tensors = split_text_tensors(tensors)
     apply_strategy(model, config["strategy"], config["config"])
     get_strategy(config["strategy"]).load_trainable_state_dict(model, tensors)
+    if "text_prompts" in config:
+        restore_text_prompts(model, config["text_prompts"], text_tensors, where=str(folder))
+    elif text_tensors:
+        raise AdapterError(f"{folder}: holds text projection tensors but no text_prompts record")
     return model

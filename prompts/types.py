@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import numpy as np
+import torch
 
 from samliver.errors import PromptError
 
@@ -32,7 +33,8 @@ class Prompts:
         points: ``(N, K, 2)`` float32 ``(x, y)`` pixels, or None.
         point_labels: ``(N, K)`` int64, 1 foreground / 0 background; required with ``points``.
         masks: ``(N, 1, h, w)`` float32 low-res mask logits at the model's low-res size, or None.
-        tokens: ``(N, T, C)`` float32 extra sparse tokens for the mask decoder (text prompts), or None.
+        tokens: ``(N, T, C)`` float32 extra sparse tokens for the mask decoder (text prompts), or None;
+            a ``torch.Tensor`` is kept as it is (training a text projection through the decoder).
         labels: ``(N,)`` uint8 class each object is written with (1 liver, 2 tumour); default 1.
     """
 
@@ -47,7 +49,12 @@ class Prompts:
         boxes = _as_float_array("boxes", self.boxes, 2)
         points = _as_float_array("points", self.points, 3)
         masks = _as_float_array("masks", self.masks, 4)
-        tokens = _as_float_array("tokens", self.tokens, 3)
+        tokens = self.tokens
+        if isinstance(tokens, torch.Tensor):  # kept as a tensor, so a text projection's gradients flow
+            if tokens.ndim != 3 or not torch.isfinite(tokens).all():
+                raise PromptError(f"tokens: expected finite (N, T, C), got shape {tuple(tokens.shape)}")
+        else:
+            tokens = _as_float_array("tokens", tokens, 3)
         counts = {k: v.shape[0] for k, v in
                   (("boxes", boxes), ("points", points), ("masks", masks), ("tokens", tokens)) if v is not None}
         if not counts:

@@ -11,6 +11,18 @@ class CTReadError(SamliverError, ValueError):
     """A CT or label file cannot be read or is not a usable 3D image."""
 
 
+class NotCTError(CTReadError):
+    """An image read fine but its intensities are not CT Hounsfield units (MR, 8-bit, raw stored values)."""
+
+
+class UnknownModelError(SamliverError, ValueError):
+    """A model name that is not in the registry (the message lists the known ones)."""
+
+
+class OutputFolderError(SamliverError, ValueError):
+    """An output folder holds another run's outputs (``--force`` replaces them) or is unusable."""
+
+
 class CheckpointError(SamliverError, ValueError):
     """A checkpoint is missing, unreadable, or does not fit the model's architecture."""
 

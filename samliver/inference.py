@@ -3,7 +3,10 @@ one slice's objects into masks. Used by `Predictor` and by box propagation."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Iterable
@@ -13,6 +16,7 @@ import torch
 
 from samliver.models.base import ImageEmbedding, PromptableSegmenter
 from samliver.prompts import Prompts
+from samliver.speed import check_precision, encoder_autocast
 
 
 @dataclass
@@ -79,6 +83,12 @@ def stack_indices(z: int, n_slices: int, depth: int) -> np.ndarray:
     return np.clip(np.arange(z - half, z + half + 1), 0, n_slices - 1)
 
 
+def _float32(embedding: ImageEmbedding) -> ImageEmbedding:
+    """The embedding in float32 (after a mixed-precision encoder), so decoding runs as in fp32."""
+    hi = None if embedding.high_res_features is None else tuple(f.float() for f in embedding.high_res_features)
+    return ImageEmbedding(embedding.image_embeddings.float(), hi)
+
+
 def _owned(embedding: ImageEmbedding) -> ImageEmbedding:
     """A copy that does not keep its batch's storage alive (a cached view would)."""
     hi = None if embedding.high_res_features is None else tuple(f.clone() for f in embedding.high_res_features)
@@ -98,15 +108,58 @@ class SliceEncoder:
     full stack, i.e. D encoder images (neighbouring slices' stacks overlap but are centred
     differently, so nothing is shared); one encoder call takes ``batch_size`` stacks
     (``batch_size * D`` images). The cache key is then the digests of the whole stack and the window.
+
+    Running out of GPU memory (``torch.OutOfMemoryError`` from an encoder call) does not fail the
+    volume: the batch is halved (down to one slice; only a single slice that does not fit raises),
+    CUDA's cached blocks are released, the smaller ``batch_size`` is kept for later calls, and a
+    `RuntimeWarning` says so once per encoder.
     """
 
-    def __init__(self, model: PromptableSegmenter, batch_size: int = 4, cache_size: int = 64) -> None:
+    def __init__(self, model: PromptableSegmenter, batch_size: int = 4, cache_size: int = 64,
+                 precision: str | None = None) -> None:
         if batch_size < 1 or cache_size < 1:
             raise ValueError(f"batch_size and cache_size must be >= 1, got {batch_size}, {cache_size}")
         self.model = model
         self.batch_size = batch_size
         self.cache_size = cache_size
+        #: encoder precision (`samliver.speed`): "fp32", or "bf16"/"fp16" autocast; embeddings are kept in fp32
+        self.precision = check_precision(precision)
         self._cache: OrderedDict[tuple, ImageEmbedding] = OrderedDict()
+        self._warned_oom = False
+
+    def _inputs(self, hu_volume: np.ndarray, batch: list[int], depth: int,
+                window: tuple[float, float] | None) -> torch.Tensor:
+        """Model pixels of one encoder call: ``(len(batch), 3, S, S)``, or ``(len(batch) * D, 3, S, S)``
+        stack after stack for ``depth`` D > 1 (each distinct slice preprocessed once)."""
+        with torch.no_grad():
+            if depth == 1:
+                return self.model.preprocess(np.stack([hu_volume[z] for z in batch]), window)
+            order = np.concatenate([stack_indices(z, hu_volume.shape[0], depth) for z in batch])
+            distinct, position = np.unique(order, return_inverse=True)
+            pixels = self.model.preprocess(hu_volume[distinct], window)
+            return pixels[torch.as_tensor(position.reshape(-1), device=pixels.device)]
+
+    def _encode_batch(self, pixels: torch.Tensor, batch: list[int], depth: int) -> dict[int, ImageEmbedding]:
+        """One encoder call on `_inputs`' pixels: the embeddings of slices ``batch`` (the stack centres for D > 1)."""
+        with torch.no_grad(), encoder_autocast(pixels.device, self.precision):
+            emb = self.model.encode(pixels)
+        if self.precision != "fp32":
+            emb = _float32(emb)
+        if depth == 1:
+            # Owned copies: a cached view would keep its whole batch's storage alive past eviction.
+            return {z: _owned(emb.select(i)) if len(batch) > 1 else emb for i, z in enumerate(batch)}
+        return {z: _owned(emb.select(i * depth + depth // 2)) for i, z in enumerate(batch)}
+
+    def _shrink_batch(self, failed: int) -> None:
+        """After running out of GPU memory on ``failed`` slices at once: halve the batch size for this
+        and every later call, release the allocator's cached blocks, and warn (once per encoder)."""
+        self.batch_size = max(1, failed // 2)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if not self._warned_oom:
+            self._warned_oom = True
+            warnings.warn(f"out of GPU memory encoding {failed} slices at once; continuing with batches of "
+                          f"{self.batch_size}", RuntimeWarning, stacklevel=4)
 
     @staticmethod
     def _key(hu_2d: np.ndarray, window: tuple[float, float] | None) -> tuple:
@@ -130,28 +183,43 @@ class SliceEncoder:
                         digests[i] = self._key(hu_volume[i], window)
             keys = {z: (tuple(digests[i][0] for i in stacks[z]), digests[z][1], window) for z in wanted}
         todo = [z for z in wanted if keys[z] not in self._cache]
+        # Taken now: inserting this call's fresh embeddings may evict them before they are returned.
+        hits = {z: self._cache[keys[z]] for z in wanted if keys[z] in self._cache}
         fresh: dict[int, ImageEmbedding] = {}
-        for start in range(0, len(todo), self.batch_size):
-            batch = todo[start:start + self.batch_size]
-            if depth == 1:
-                with torch.no_grad():
-                    emb = self.model.encode(self.model.preprocess(np.stack([hu_volume[z] for z in batch]), window))
-                fresh.update({z: emb.select(i) for i, z in enumerate(batch)})
-                continue
-            # Stack after stack: (len(batch) * D) images; each distinct slice is preprocessed once.
-            order = np.concatenate([stacks[z] for z in batch])
-            distinct, position = np.unique(order, return_inverse=True)
-            with torch.no_grad():
-                pixels = self.model.preprocess(hu_volume[distinct], window)
-                emb = self.model.encode(pixels[torch.as_tensor(position.reshape(-1), device=pixels.device)])
-            fresh.update({z: _owned(emb.select(i * depth + depth // 2)) for i, z in enumerate(batch)})
+        # On a GPU the next batch is preprocessed (CPU work, then the copy) in a thread while this one
+        # encodes; on the CPU both would compete for the same cores.
+        prefetch = self.model.device.type != "cpu" and len(todo) > self.batch_size
+        with ThreadPoolExecutor(1) if prefetch else contextlib.nullcontext() as pool:
+            pending: tuple[tuple[int, ...], Future] | None = None
+            start = 0
+            while start < len(todo):
+                batch = todo[start:start + self.batch_size]
+                if pending is not None and pending[0] == tuple(batch):
+                    pixels = pending[1].result()
+                else:  # nothing prefetched, or for a batch size that has since shrunk
+                    pixels = self._inputs(hu_volume, batch, depth, window)
+                following = todo[start + len(batch):start + 2 * len(batch)]
+                pending = None
+                if pool is not None and following:
+                    pending = (tuple(following), pool.submit(self._inputs, hu_volume, following, depth, window))
+                try:
+                    fresh.update(self._encode_batch(pixels, batch, depth))
+                    out_of_memory = False
+                except torch.OutOfMemoryError:
+                    if len(batch) == 1:
+                        raise
+                    out_of_memory = True
+                del pixels
+                if out_of_memory:  # outside the except block, so the failed call's tensors are already freed
+                    pending = None
+                    self._shrink_batch(len(batch))
+                    continue
+                start += len(batch)
         out = {}
         for z in wanted:
-            if z in fresh:
-                self._cache[keys[z]] = fresh[z]
-            else:
-                self._cache.move_to_end(keys[z])
-            out[z] = self._cache[keys[z]]
+            out[z] = fresh[z] if z in fresh else hits[z]
+            self._cache[keys[z]] = out[z]
+            self._cache.move_to_end(keys[z])
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
         return out

@@ -10,6 +10,7 @@ from samliver.errors import PromptError
 from samliver.inference import Prediction, SliceEncoder, decode_objects, paint
 from samliver.models.base import ImageEmbedding, PromptableSegmenter
 from samliver.prompts import Prompts
+from samliver.prompts.clip_text import text_tokens
 
 
 def _hu_array(volume) -> np.ndarray:
@@ -35,11 +36,14 @@ class Predictor:
         model: any `PromptableSegmenter` (see `samliver.load_model`).
         batch_size: slices encoded per encoder call in volume methods.
         cache_size: slice embeddings kept (LRU) between calls.
+        precision: the image encoder's precision, ``"fp32"`` (default), ``"bf16"`` or ``"fp16"`` (autocast,
+            GPU; see `samliver.speed`); decoding stays fp32.
     """
 
-    def __init__(self, model: PromptableSegmenter, batch_size: int = 4, cache_size: int = 64) -> None:
+    def __init__(self, model: PromptableSegmenter, batch_size: int = 4, cache_size: int = 64,
+                 precision: str | None = None) -> None:
         self.model = model.eval()
-        self.encoder = SliceEncoder(model, batch_size=batch_size, cache_size=cache_size)
+        self.encoder = SliceEncoder(model, batch_size=batch_size, cache_size=cache_size, precision=precision)
         self._embedding: ImageEmbedding | None = None
         self._image_size: tuple[int, int] | None = None
 
@@ -53,7 +57,7 @@ class Predictor:
 
     def predict(self, box: Sequence | np.ndarray | None = None, points: Sequence | np.ndarray | None = None,
                 point_labels: Sequence | np.ndarray | None = None, mask_input: np.ndarray | None = None,
-                text: str | None = None, multimask: bool = False,
+                text: str | Sequence[str] | None = None, multimask: bool = False,
                 labels: Sequence[int] | None = None) -> Prediction:
         """Masks for the current slice.
 
@@ -61,17 +65,21 @@ class Predictor:
             box: ``(4,)`` or ``(N, 4)`` xyxy pixels; N boxes decode as one batch.
             points: ``(K, 2)`` or ``(N, K, 2)`` ``(x, y)`` pixels; ``point_labels`` ``(K,)`` / ``(N, K)``.
             mask_input: ``(1, h, w)`` or ``(N, 1, h, w)`` low-res logits (e.g. a previous ``Prediction``'s).
+            text: a description ("liver tumor") or N of them, one object each, through the model's trained
+                text projection (`samliver.prompts.clip_text`); ``labels`` default to the class each text
+                describes (else 1). With boxes/points, give one text per object.
             multimask: let the decoder propose 3 masks per object and keep the best-scoring one.
         Returns:
             `Prediction` with ``masks (N, H, W)`` bool, ``scores (N,)``, ``logits (N, H, W)``.
         """
         if self._embedding is None:
             raise RuntimeError("call set_image(...) before predict(...)")
-        if text is not None:
-            raise PromptError(f"text prompts need a trained text projection, and none is loaded "
-                              f"for {self.model.spec.name}")
-        prompts = Prompts(boxes=_batched(box, 2), points=_batched(points, 3),
-                          point_labels=_batched(point_labels, 2), masks=_batched(mask_input, 4), labels=labels)
+        tokens = None
+        if text is not None:  # PromptError when the model has no trained text projection
+            tokens, text_labels = text_tokens(self.model, text)
+            labels = text_labels if labels is None else labels
+        prompts = Prompts(boxes=_batched(box, 2), points=_batched(points, 3), point_labels=_batched(point_labels, 2),
+                          masks=_batched(mask_input, 4), tokens=tokens, labels=labels)
         return self.predict_prompts(prompts, multimask=multimask)
 
     def predict_prompts(self, prompts: Prompts, multimask: bool = False) -> Prediction:
@@ -110,7 +118,35 @@ class Predictor:
                     paint(out[z], decode_objects(self.model, emb, group, (height, width)).masks, group.labels)
         return out
 
-    def segment_auto(self, volume, window: tuple[float, float] | None = None) -> np.ndarray:
+    def segment_auto(self, volume, box_generator=None, cleanup: bool = True,
+                     window: tuple[float, float] | None = None,
+                     spacing: tuple[float, float, float] | None = None) -> np.ndarray:
+        """Segment a whole CT with no prompts given (see `samliver.auto`).
+
+        A box generator (``box_generator``, else the model's registered default, e.g. the
+        bundled U-Net for ``samliver_tiny``) proposes liver and tumour boxes; the model refines
+        each (only the prompted slices are encoded); tumour components that touch no liver are
+        dropped. A model with a prompt-free head and no ``box_generator`` uses its head
+        (`segment_head`) instead.
+
+        Args:
+            volume: a `CTVolume` or a ``(Z, H, W)`` HU array (canonical orientation).
+            box_generator: ``(hu, spacing) -> {slice: Prompts}`` (`samliver.prompts.generators.BoxGenerator`).
+            cleanup: 3D cleanup (`samliver.cleanup.cleanup_labels`): the largest liver component,
+                holes filled, tumour only in the liver.
+            window: ``(lo, hi)`` HU, overriding the model's default CT window.
+            spacing: ``(z, y, x)`` mm for a bare array (a `CTVolume` carries its own).
+        Returns:
+            ``(Z, H, W)`` uint8: 0 background, 1 liver, 2 tumour.
+        Raises:
+            NoTaskHeadError: neither a prompt-free head nor a box generator (default or given).
+            BoxGeneratorError: the generator returned something other than ``{slice: Prompts}``.
+        """
+        from samliver.auto import segment_auto
+
+        return segment_auto(self, volume, box_generator, cleanup, window, spacing)
+
+    def segment_head(self, volume, window: tuple[float, float] | None = None) -> np.ndarray:
         """Segment a whole CT with no prompts, through the model's prompt-free head.
 
         Every slice is encoded (in batches, through the embedding cache), the head gives

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
+from samliver.errors import UnknownModelError
+
 if TYPE_CHECKING:
     from samliver.models.base import PromptableSegmenter
 
@@ -67,7 +69,7 @@ def get_spec(name: str) -> ModelSpec:
     try:
         return _MODELS[name]
     except KeyError:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(_MODELS))}") from None
+        raise UnknownModelError(f"unknown model {name!r}; known models: {', '.join(sorted(_MODELS))}") from None
 
 
 def list_models() -> list[str]:

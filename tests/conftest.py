@@ -42,3 +42,19 @@ def ct_like_slice(height: int, width: int, seed: int = 0) -> np.ndarray:
     liver = ((yy - 0.45 * height) / (0.2 * height)) ** 2 + ((xx - 0.35 * width) / (0.18 * width)) ** 2 < 1
     hu[liver] = 60.0
     return hu + rng.normal(0, 15, hu.shape).astype(np.float32)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """One line for the bad-input corpus (tests/test_bad_inputs.py): how many cases ran and how many passed."""
+    outcomes: dict[str, str] = {}
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            nodeid, when = getattr(report, "nodeid", ""), getattr(report, "when", None)  # "deselected" holds items
+            if "test_bad_inputs.py::test_bad_input[" not in nodeid or when is None:
+                continue
+            if when == "call" or report.outcome != "passed":
+                if outcomes.get(nodeid, "passed") == "passed":  # a failed setup/teardown outweighs a passed call
+                    outcomes[nodeid] = report.outcome
+    if outcomes:
+        passed = sum(outcome == "passed" for outcome in outcomes.values())
+        terminalreporter.write_line(f"bad-input corpus: {len(outcomes)} cases, {passed} passed")

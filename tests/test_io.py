@@ -287,7 +287,7 @@ def test_load_label_refuses_another_grid(tmp_path: Path) -> None:
         (np.full((6, 5, 4), 0.5), "m.nii.gz", "non-integer"),
         (np.full((6, 5, 4), 256), "m.nii.gz", "0..255"),
         (np.full((6, 5, 4), -1), "m.nii", "0..255"),
-        (np.zeros((6, 5, 4), np.uint8), "m.dcm", "only NIfTI"),
+        (np.zeros((6, 5, 4), np.uint8), "m.dcm", "DICOM SEG output needs a CT read from a DICOM series"),
         (np.zeros((6, 5, 4), np.uint8), "m.mha", "unsupported"),
         (np.zeros((6, 5, 4), np.uint8), "missing_dir/m.nii.gz", "does not exist"),
         (np.zeros((6, 5, 4), np.uint8), "ct.nii.gz", "overwrite"),

@@ -17,7 +17,12 @@ def test_wheel_layout(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     for expected in ("samliver/prompts/types.py", "samliver/adapters/__init__.py",
                      "samliver/weights/manifest.json", "samliver/configs/phantom/tiny.yaml",
-                     "samliver/data/phantom.py", "samliver/cli/main.py"):
+                     "samliver/data/phantom.py", "samliver/cli/main.py",
+                     # the bundled demo weights: base, box U-Net, the main job's liver-tumour adapter
+                     "samliver/weights/samliver_tiny.safetensors", "samliver/weights/samliver_tiny.json",
+                     "samliver/weights/box_unet_phantom.safetensors",
+                     "samliver/weights/samliver_tiny_liver_tumor/adapter_model.safetensors",
+                     "samliver/weights/samliver_tiny_liver_tumor/adapter_config.json"):
         assert expected in names, expected
     top_level = {n.split("/")[0] for n in names}
     assert not top_level & {"prompts", "adapters", "weights", "configs", "tests", "bench"}

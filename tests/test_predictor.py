@@ -155,5 +155,5 @@ def test_prompt_on_missing_slice_and_text_without_projection(tiny):
     with pytest.raises(PromptError, match="slice 5 outside the volume's 3 slices"):
         pred.segment_volume(vol, {5: Prompts(boxes=[[1, 1, 10, 10]])})
     pred.set_image(vol[0])
-    with pytest.raises(PromptError, match="text prompts need a trained text projection"):
+    with pytest.raises(PromptError, match="model has no trained text projection; train one with train_adapter.py"):
         pred.predict(text="liver tumor")

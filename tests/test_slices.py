@@ -22,7 +22,7 @@ from samliver.data.cache import CacheError, CacheSettings, open_cache, prepare_c
 from samliver.data.intensity import WINDOWS, model_pixels, window_for, window_to_uint8
 from samliver.data.sampling import TumorOversampler
 from samliver.data.slices import SliceDataset, collate_slices, objects_from_label
-from samliver.errors import DatasetError
+from samliver.errors import DatasetError, SamliverError
 from samliver.models.base import PromptableSegmenter, window_to_rgb
 from samliver.models.conventions import get_convention
 from samliver.registry import LIVER_WINDOW
@@ -374,7 +374,10 @@ def test_cli_prepare_builds_then_reuses(tmp_path, capsys):
     assert _run_data(["prepare", "phantom:tiny?n=2", "--out", str(out), "--size", "32", "--quiet"]) == 0
     assert "0 built, 2 reused" in capsys.readouterr().out
     assert open_cache(out)[load_dataset("phantom:tiny?n=2").names[0]].shape == (16, 32, 32)
-    assert _run_data(["prepare", "phantom:tiny?n=2", "--out", str(out), "--window=-100,200", "--quiet"]) == 0
+    # other settings would rebuild every case: refused unless --force
+    with pytest.raises(SamliverError, match="holds a cache built with other settings"):
+        _run_data(["prepare", "phantom:tiny?n=2", "--out", str(out), "--window=-100,200", "--quiet"])
+    assert _run_data(["prepare", "phantom:tiny?n=2", "--out", str(out), "--window=-100,200", "--quiet", "--force"]) == 0
     assert json.loads((out / "index.json").read_text())["settings"]["window"] == [-100.0, 200.0]
 
 

@@ -256,7 +256,7 @@ def test_segment_auto_matches_per_slice_computation():
     apply_strategy(model, "decoder", {"head": "multiclass", "head_channels": 32})
     randomize_(model.task_head, seed=3, std=0.3)
     hu = _volume(3, 48, 64)
-    got = samliver.Predictor(model, batch_size=2).segment_auto(hu)
+    got = samliver.Predictor(model, batch_size=2).segment_auto(hu, cleanup=False)
     assert got.shape == hu.shape and got.dtype == np.uint8
     assert set(np.unique(got)) <= {0, 1, 2} and len(np.unique(got)) > 1
     agree, sure = 0, 0
@@ -272,7 +272,10 @@ def test_segment_auto_matches_per_slice_computation():
     assert sure > 0.99 * hu[0].size * hu.shape[0] and agree == sure
 
 
-def test_segment_auto_without_a_head_says_what_is_needed():
+def test_segment_auto_without_a_head_says_what_is_needed(monkeypatch):
+    from samliver.prompts import generators
+
+    monkeypatch.setattr(generators, "_DEFAULTS", {})  # nor a default box generator (tests/test_auto.py)
     model = samliver.load_model("samliver_tiny", checkpoint="random")
     with pytest.raises(NoTaskHeadError) as err:
         samliver.Predictor(model).segment_auto(_volume(2, 32, 32))

@@ -169,8 +169,17 @@ def test_find_checkpoint_error_names_file_folders_and_command(isolated):
     assert "samliver weights download sam_vit_b" in message
 
 
-def test_find_checkpoint_error_for_bundled_model_says_how_to_provide_it():
-    with pytest.raises(WeightsNotFoundError, match=r"samliver_tiny\.safetensors.*--checkpoint PATH"):
+def test_bundled_tiny_model_is_found_in_the_package():
+    assert weights.find_checkpoint("samliver_tiny") == weights.bundled_dir() / "samliver_tiny.safetensors"
+
+
+def test_find_checkpoint_error_for_bundled_model_says_how_to_provide_it(isolated, monkeypatch):
+    """An install whose bundled file went missing: the message names the file and how to make it."""
+    empty = isolated / "package_weights"
+    empty.mkdir()
+    (empty / "manifest.json").write_bytes((weights.bundled_dir() / "manifest.json").read_bytes())
+    monkeypatch.setattr(weights, "bundled_dir", lambda: empty)
+    with pytest.raises(WeightsNotFoundError, match=r"samliver_tiny\.safetensors.*pretrain_tiny\.sh.*--checkpoint PATH"):
         weights.find_checkpoint("samliver_tiny")
 
 

@@ -7,12 +7,15 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 
 from samliver.data.datasets import Dataset, load_dataset
-from samliver.errors import DatasetError, SamliverError
+from samliver.errors import DatasetError, OutputFolderError, SamliverError
+from samliver.provenance import make_record, missing_root, write_provenance
 
 CLASS_NAMES = ("background", "liver", "tumour")
 
@@ -52,6 +55,8 @@ def add_prepare_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
     size.add_argument("--spacing", type=_positive_float, metavar="MM", help="resample in-plane to MM mm pixels")
     size.add_argument("--size", type=_positive_int, metavar="PX", help="resample in-plane to PX x PX pixels")
     p.add_argument("--strict", action="store_true", help="stop at the first case that cannot be read (exit 2)")
+    p.add_argument("--force", action="store_true",
+                   help="write into CACHE even when it holds a cache with other settings (rebuilt) or other files")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_prepare)
     return p
@@ -119,8 +124,20 @@ def run_prepare(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise DatasetError(f"--window {args.window}: {exc}") from None
     ds = load_dataset(args.folder, strict=args.strict)
-    index = prepare_cache(ds, args.out, settings, strict=args.strict, progress=not args.quiet)
-    cases = [index[n] for n in ds.names if n in index]
+    out = Path(args.out)
+    _check_cache_folder(out, settings, args.force)
+    created = missing_root(out)
+    try:
+        index = prepare_cache(ds, out, settings, strict=args.strict, progress=not args.quiet)
+        cases = [index[n] for n in ds.names if n in index]
+        if ds.names and not cases:
+            name, message = next(iter(index.skipped.items()))
+            raise DatasetError(f"{args.folder}: no case could be cached; {name}: {message}")
+    except BaseException:
+        if created is not None:  # nothing half-made is left: the folders did not exist before this call
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+    write_provenance(out, make_record("data prepare", {"settings": settings.as_json()}) | {"data": str(args.folder)})
     slices = sum(c.shape[0] for c in cases)
     tumour = sum(int(c.tumor_slices.sum()) for c in cases)
     nbytes = sum(c.image_path.stat().st_size + c.label_path.stat().st_size for c in cases)
@@ -136,6 +153,27 @@ def run_prepare(args: argparse.Namespace) -> int:
     for name, message in index.skipped.items():
         print(f"  skipped {name}: {message}")
     return 1 if index.skipped else 0
+
+
+def _check_cache_folder(out: Path, settings, force: bool) -> None:
+    """Refuse, unless ``force``, a cache folder built with other settings (every case would be rebuilt)
+    or a folder holding files that are no samliver cache."""
+    from samliver.data.cache import INDEX_FILE, CacheError, open_cache
+
+    if out.exists() and not out.is_dir():
+        raise OutputFolderError(f"{out}: exists and is not a folder")
+    if force or not out.exists() or not any(out.iterdir()):
+        return
+    if not (out / INDEX_FILE).is_file():
+        raise OutputFolderError(f"{out}: holds files but no samliver cache ({INDEX_FILE}); pass --force to write "
+                                "into it anyway, or choose another folder")
+    try:
+        old = open_cache(out)
+    except CacheError as exc:
+        raise OutputFolderError(f"{exc}; pass --force to rebuild the cache") from None
+    if old.settings != settings:
+        raise OutputFolderError(f"{out}: holds a cache built with other settings ({old.settings.as_json()}, not "
+                                f"{settings.as_json()}); pass --force to rebuild every case, or choose another folder")
 
 
 def _positive_float(text: str) -> float:

@@ -40,6 +40,9 @@ def add_parser(subparsers) -> None:
     again.add_argument("--resume", action="store_true", help="continue the run in the output folder")
     again.add_argument("--force", action="store_true", help="replace the run in the output folder")
     p.add_argument("--no-figures", action="store_true", help="skip box plots and overlay pictures")
+    p.add_argument("--strict", action="store_true",
+                   help="stop at the first case that cannot be evaluated (exit 2); by default such cases are "
+                        "skipped, listed at the end, and the exit status is 1")
     p.add_argument("--compare", nargs=2, metavar=("RUN1", "RUN2"), help="print the difference table of two runs")
     p.add_argument("--list-prompts", action="store_true", help="list the prompt settings and exit")
     p.set_defaults(func=run)
@@ -71,8 +74,10 @@ def run(args: argparse.Namespace) -> int:
                       adapter=args.adapter, device=args.device, split=args.split, split_file=args.split_file,
                       split_seed=args.split_seed, max_cases=args.max_cases, targets=args.targets, seed=args.seed,
                       window=window, batch_size=args.batch_size, nsd_tolerance_mm=args.nsd_tolerance,
-                      resume=args.resume, force=args.force, figures=not args.no_figures,
+                      resume=args.resume, force=args.force, figures=not args.no_figures, strict=args.strict,
                       log=lambda line: print(line, file=sys.stderr, flush=True))
     print(result.table())
     print(f"wrote {result.run_dir}")
-    return 0
+    for name, message in result.skipped.items():
+        print(f"  skipped {name}: {message}")
+    return 1 if result.skipped else 0

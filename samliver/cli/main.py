@@ -9,10 +9,10 @@ from typing import Callable
 from samliver import __version__
 from samliver.errors import SamliverError
 
-from . import data_cmd, evaluate_cmd, segment_cmd, synth_cmd, weights_cmd
+from . import data_cmd, doctor_cmd, evaluate_cmd, segment_cmd, synth_cmd, weights_cmd
 
 # Each sub-command module has add_parser(subparsers) and sets `func` on its parser.
-COMMANDS = (segment_cmd, evaluate_cmd, data_cmd, synth_cmd, weights_cmd)
+COMMANDS = (segment_cmd, evaluate_cmd, data_cmd, synth_cmd, weights_cmd, doctor_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,6 +21,7 @@ from samliver.data.case import BACKGROUND, LIVER, TUMOR, Case
 from samliver.data.layouts import CaseRef, DatasetIndex, scan
 from samliver.errors import CTReadError, DatasetError
 from samliver.io import CTVolume, load_ct, load_label
+from samliver.io.hu import check_hu
 
 # Declared label name → samliver class. Names are matched lower-cased with "_"/"-" read as spaces,
 # a trailing plural "s" dropped, and a leading "liver "/"hepatic " qualifier dropped ("liver tumor").
@@ -227,6 +228,7 @@ class _FileReader:
         assert ref.image is not None and ref.label is not None
         try:
             image = load_ct(ref.image)
+            check_hu(image.array, ref.image)
         except CTReadError as exc:
             raise DatasetError(f"{where}: image: {exc}") from exc
         try:

@@ -14,3 +14,7 @@ from .settings import (  # noqa: E402
 
 __all__ += ["EvaluationResult", "PromptSetting", "RunFolderError", "SettingError", "compare_runs", "evaluate",
             "format_compare", "get_setting", "list_settings", "parse_settings", "register_setting"]
+
+# Settings that register on import: RECIST marks and automatic segmentation.
+from . import generator_settings  # noqa: E402,F401
+from . import text_setting  # noqa: E402,F401  (the `text` setting: CLIP text prompts)

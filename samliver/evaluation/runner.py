@@ -12,13 +12,14 @@ import datetime
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, NoReturn, Sequence
 
 import numpy as np
 
 from samliver.atomic import write_bytes_atomic
-from samliver.errors import DatasetError
+from samliver.errors import DatasetError, SamliverError
 from samliver.inference import SliceEncoder
+from samliver.io.hu import check_hu
 
 from . import outputs
 from .settings import TARGETS, CaseContext, PromptSetting, SettingError, parse_settings, reference_mask
@@ -35,6 +36,7 @@ class EvaluationResult:
         summary: per setting and target: metric statistics, global Dice, lesion detection.
         config: the run's record (model, checkpoint sha256, adapter, data, settings, version, timings).
         run_dir: the run folder, or None for a run kept in memory.
+        skipped: case name -> why it could not be evaluated (unreadable files, no labels, not CT).
     """
 
     rows: list[dict]
@@ -43,6 +45,7 @@ class EvaluationResult:
     config: dict
     run_dir: Path | None = None
     timings: dict = field(default_factory=dict)
+    skipped: dict = field(default_factory=dict)
 
     def mean(self, metric: str, setting: str, target: str = "liver") -> float:
         """Mean of ``metric`` for ``setting`` and ``target`` over cases with a non-empty reference."""
@@ -73,7 +76,7 @@ def evaluate(model, data, prompts: str | Sequence = ("box",), output: str | Path
              split: str | None = None, split_file: str | Path | None = None, split_seed: int = 0,
              max_cases: int | None = None, targets: Sequence[str] | None = None, seed: int = 0,
              window: tuple[float, float] | None = None, batch_size: int = 4, nsd_tolerance_mm: float = 2.0,
-             resume: bool = False, force: bool = False, figures: bool = True,
+             resume: bool = False, force: bool = False, figures: bool = True, strict: bool = False,
              log: Callable[[str], None] | None = None) -> EvaluationResult:
     """Evaluate a model on a dataset under several prompt settings.
 
@@ -92,6 +95,10 @@ def evaluate(model, data, prompts: str | Sequence = ("box",), output: str | Path
         resume / force: continue the run in ``output`` / replace it; without either an ``output``
             holding a run is refused.
         figures: write box plots and overlay pictures.
+        strict: raise on the first case that cannot be evaluated (a missing or unreadable file, an empty
+            label volume, an image that is not CT in HU). Otherwise such cases are skipped and listed
+            in ``EvaluationResult.skipped`` and run.json; only a run where every case fails raises
+            (before its run folder is created).
         log: called with one progress line per case.
     Raises:
         SettingError, RunFolderError, DatasetError, AdapterError, CheckpointError (all `SamliverError`).
@@ -107,7 +114,7 @@ def evaluate(model, data, prompts: str | Sequence = ("box",), output: str | Path
     folder = outputs.RunFolder(output) if output is not None else None
     if folder is not None:
         folder.check(resume, force)
-    dataset, data_record = _select_cases(data, split, split_file, split_seed, max_cases)
+    dataset, data_record = _select_cases(data, split, split_file, split_seed, max_cases, strict)
     targets = _targets(targets, dataset.has_liver, data_record["spec"])
     if isinstance(model, str):
         model = samliver.load_model(model, checkpoint=checkpoint, adapter=adapter, device=device)
@@ -118,20 +125,37 @@ def evaluate(model, data, prompts: str | Sequence = ("box",), output: str | Path
         setting.check(model)
     config = _config(model, checkpoint, adapter, data_record, settings, targets, seed, window, nsd_tolerance_mm,
                      batch_size, device)
-    if folder is not None:
+    # cases the dataset listing already found faulty (a missing file); strict loading raised for them
+    problems = dataset.problems
+    skipped = {name: problems[name] for name in data_record["cases"] if name in problems}
+    if skipped and len(skipped) == len(data_record["cases"]):
+        _nothing_to_evaluate(data_record["spec"], skipped)
+    # A fresh run folder is created with its first case, so a run where no case can be read leaves nothing.
+    opened = folder is None
+    if folder is not None and folder.existing() is not None:
         folder.open(config, resume, force)
+        opened = True
     records = []
     for i, name in enumerate(data_record["cases"]):
         where = f"[{i + 1}/{len(data_record['cases'])}] {name}"
+        if name in skipped:
+            continue
         record = folder.load_case(name, config["key"]) if folder is not None else None
         if record is not None:
             records.append(record)
             if log:
                 log(f"{where}: done before, kept")
             continue
-        case = dataset[name]
-        if not case.label.any():
-            raise DatasetError(f"case {name}: its label volume is empty; evaluation needs reference labels")
+        try:
+            case = _read_case(dataset, name)
+        except SamliverError as exc:
+            if strict:
+                raise
+            skipped[name] = str(exc)  # reported with the result (the CLI lists them at the end)
+            continue
+        if not opened:
+            folder.open(config, resume, force)
+            opened = True
         record, overlay = evaluate_case(model, case, settings, targets, config)
         record["key"] = config["key"]
         if folder is not None:
@@ -140,12 +164,14 @@ def evaluate(model, data, prompts: str | Sequence = ("box",), output: str | Path
         if log:
             dice = ", ".join(f"{r['target']}/{r['setting']} {r['dice']:.3f}" for r in record["rows"])
             log(f"{where}: {record['timings']['total_s']:.1f} s; Dice {dice}")
+    if not records:
+        _nothing_to_evaluate(data_record["spec"], skipped)
     rows = [r for rec in records for r in rec["rows"]]
     lesions = [r for rec in records for r in rec["lesions"]]
     summary = outputs.summarize(rows, lesions, [s.name for s in settings], targets)
     timings = _timings(records, time.perf_counter() - started)
-    config.update(status="complete", timings=timings)
-    result = EvaluationResult(rows, lesions, summary, config, folder.root if folder else None, timings)
+    config.update(status="complete", timings=timings, skipped=skipped)
+    result = EvaluationResult(rows, lesions, summary, config, folder.root if folder else None, timings, skipped)
     if folder is not None:
         root = folder.root
         outputs.write_csv(root / outputs.PER_CASE, rows, outputs.CASE_COLUMNS)
@@ -216,6 +242,22 @@ def evaluate_case(model, case, settings: list[PromptSetting], targets: Sequence[
             "lesions": lesion_rows, "timings": timings}, overlay
 
 
+def _read_case(dataset, name: str):
+    """Case ``name``, checked for what evaluation needs: reference labels and an image in HU."""
+    case = dataset[name]
+    if not case.label.any():
+        raise DatasetError(f"case {name}: its label volume is empty; evaluation needs reference labels")
+    check_hu(case.image.array, f"case {name}")
+    return case
+
+
+def _nothing_to_evaluate(spec: str, skipped: dict[str, str]) -> NoReturn:
+    """Raise the `DatasetError` of a run in which every case was skipped, naming the first case's fault."""
+    name, why = next(iter(skipped.items()))
+    more = f" (and {len(skipped) - 1} more case(s))" if len(skipped) > 1 else ""
+    raise DatasetError(f"{spec}: no case could be evaluated; {why if name in why else f'case {name}: {why}'}{more}")
+
+
 def overlay_slices(label: np.ndarray, count: int = 3) -> list[int]:
     """Up to ``count`` slices worth a picture: the largest tumour slice, the largest liver slice,
     and evenly spaced slices through the liver's extent."""
@@ -251,8 +293,9 @@ def _lesion_rows(case: str, setting: str, report) -> list[dict]:
     return rows
 
 
-def _select_cases(data, split, split_file, split_seed, max_cases):
-    """The dataset and the record of which cases are evaluated."""
+def _select_cases(data, split, split_file, split_seed, max_cases, strict: bool = True):
+    """The dataset and the record of which cases are evaluated (``strict``: a case with a missing file
+    raises here; otherwise it stays listed in ``dataset.problems``)."""
     from samliver.data import Dataset, load_dataset, load_split, split_cases
 
     spec = str(data.root or data.title) if isinstance(data, Dataset) else str(data)
@@ -260,7 +303,7 @@ def _select_cases(data, split, split_file, split_seed, max_cases):
         root = Path(spec)
         if (root / "images").is_dir() and not (root / "labels").is_dir():
             raise DatasetError(f"{root}: images/ but no labels/ folder; evaluation needs reference labels")
-        data = load_dataset(spec)
+        data = load_dataset(spec, strict=strict)
     names = list(data.names)
     if split not in (None, "all"):
         parts = load_split(split_file, names) if split_file else split_cases(names, seed=split_seed)

@@ -344,6 +344,11 @@ class PropagateSetting(PromptSetting):
     def params(self) -> dict:
         return {"margin_px": self.margin_px}
 
+    def key_prompts(self, obj: np.ndarray, ctx: CaseContext) -> tuple[int, Prompts]:
+        """One 3D object's ``(Z, Y, X)`` bool key slice and prompts there: its largest slice, a box."""
+        key = int(np.argmax(obj.sum(axis=(1, 2))))
+        return key, boxes_from_mask(obj[key])
+
     def predict(self, ctx: CaseContext, target: str) -> np.ndarray:
         from samliver.models.base import PromptableSegmenter
         from samliver.propagation import propagate_boxes
@@ -355,9 +360,7 @@ class PropagateSetting(PromptSetting):
         # (SAM 2's video model) propagates through its own path.
         own = type(ctx.model).propagate is not PromptableSegmenter.propagate
         for k in range(1, n + 1):
-            obj = components == k
-            key = int(np.argmax(obj.sum(axis=(1, 2))))
-            prompts = boxes_from_mask(obj[key])
+            key, prompts = self.key_prompts(components == k, ctx)
             if own:
                 pred = ctx.model.propagate(ctx.hu, key, prompts, ctx.window)
             else:
@@ -384,5 +387,5 @@ class HeadSetting(PromptSetting):
         if "head" not in ctx.shared:
             predictor = Predictor(ctx.model)
             predictor.encoder = ctx.encoder  # decode from the case's cached embeddings
-            ctx.shared["head"] = predictor.segment_auto(ctx.hu, ctx.window)
+            ctx.shared["head"] = predictor.segment_head(ctx.hu, ctx.window)
         return reference_mask(ctx.shared["head"], target)

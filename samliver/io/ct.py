@@ -26,6 +26,9 @@ class SourceInfo:
         nifti_header: a copy of the nibabel header (NIfTI sources only).
         series_uid: the SeriesInstanceUID read (DICOM sources only).
         decoder: what decoded the pixels (``"nibabel"``, ``"SimpleITK"`` or ``"pydicom"``).
+        dicom_files: the series' files in file slice order ``k`` (DICOM sources only); a DICOM
+            SEG output references them.
+        sop_instance_uids: their SOPInstanceUIDs as read, in the same order (``""`` where empty).
     """
 
     path: Path
@@ -35,6 +38,8 @@ class SourceInfo:
     nifti_header: Any = field(default=None, repr=False)
     series_uid: str | None = None
     decoder: str = ""
+    dicom_files: tuple[Path, ...] = field(default=(), repr=False)
+    sop_instance_uids: tuple[str, ...] = field(default=(), repr=False)
 
 
 @dataclass(eq=False)
@@ -146,8 +151,9 @@ def _read(path: Path, series_uid: str | None) -> tuple[np.ndarray, SourceInfo]:
     if path.is_dir():
         from samliver.io.dicom import read_dicom_series
 
-        array, grid, uid, decoder = read_dicom_series(path, series_uid)
-        return array, SourceInfo(path, "dicom", grid, plan_reorientation(grid.direction), None, uid, decoder)
+        array, grid, uid, decoder, instances = read_dicom_series(path, series_uid)
+        return array, SourceInfo(path, "dicom", grid, plan_reorientation(grid.direction), None, uid, decoder,
+                                 tuple(f for f, _ in instances), tuple(u for _, u in instances))
     if series_uid is not None:
         raise CTReadError(f"{path}: series_uid applies only to DICOM folders")
     if not is_nifti_path(path):

@@ -15,7 +15,10 @@ from samliver.io.orient import Grid
 _HEADER_TAGS = [
     "SeriesInstanceUID", "SeriesDescription", "Modality", "Rows", "Columns", "PixelSpacing",
     "ImagePositionPatient", "ImageOrientationPatient", "NumberOfFrames", "SliceThickness",
+    "SOPInstanceUID",
 ]
+# derived objects beside a series (segmentations, e.g. samliver's own DICOM SEG output) are not slices
+_NOT_SLICES = {"SEG", "RTSTRUCT", "RTDOSE", "SR", "PR", "KO"}
 # relative tolerance on slice gaps before a series counts as unevenly spaced
 _GAP_RTOL = 0.05
 
@@ -29,9 +32,12 @@ class _Slice:
     columns: int
     pixel_spacing: tuple[float, float]  # (between rows, between columns), mm
     frames: int
+    sop_instance_uid: str = ""
 
 
-def read_dicom_series(folder: Path, series_uid: str | None = None) -> tuple[np.ndarray, Grid, str, str]:
+def read_dicom_series(
+    folder: Path, series_uid: str | None = None
+) -> tuple[np.ndarray, Grid, str, str, tuple[tuple[Path, str], ...]]:
     """Read one DICOM series from the files directly in ``folder`` (subfolders are not searched).
 
     Returns:
@@ -40,6 +46,8 @@ def read_dicom_series(folder: Path, series_uid: str | None = None) -> tuple[np.n
         grid: the series' grid in LPS, as SimpleITK reads it.
         series_uid: the SeriesInstanceUID read.
         decoder: ``"SimpleITK"`` or ``"pydicom"``, whichever decoded the pixels.
+        instances: ``(path, SOPInstanceUID)`` of each slice in ``k`` order (the UID as stored,
+            ``""`` where the file leaves it empty).
     """
     series = _scan(folder)
     if not series:
@@ -47,6 +55,7 @@ def read_dicom_series(folder: Path, series_uid: str | None = None) -> tuple[np.n
     uid = _select(folder, series, series_uid)
     slices = _sorted_slices(folder, uid, series[uid])
     grid = _grid(folder, slices)
+    _check_pixel_data(slices)
     try:
         array = _decode_simpleitk(slices)
         decoder = "SimpleITK"
@@ -66,7 +75,7 @@ def read_dicom_series(folder: Path, series_uid: str | None = None) -> tuple[np.n
     expected = (len(slices), slices[0].rows, slices[0].columns)
     if array.shape != expected:
         raise CTReadError(f"{folder}: decoded pixel data has shape {array.shape}, headers say {expected}")
-    return array, grid, uid, decoder
+    return array, grid, uid, decoder, tuple((s.path, s.sop_instance_uid) for s in slices)
 
 
 def _scan(folder: Path) -> dict[str, list[_Slice]]:
@@ -80,8 +89,8 @@ def _scan(folder: Path) -> dict[str, list[_Slice]]:
             ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
         except (InvalidDicomError, OSError, ValueError, EOFError, TypeError, KeyError, AttributeError):
             continue  # not DICOM (or unreadable): other files may sit beside a series
-        if "Rows" not in ds:
-            continue  # DICOMDIR, structured reports, RT structures ...
+        if "Rows" not in ds or str(ds.get("Modality", "")).upper() in _NOT_SLICES:
+            continue  # DICOMDIR, structured reports, RT structures, segmentations ...
         uid = str(ds.get("SeriesInstanceUID", ""))
         try:
             series[uid].append(
@@ -93,6 +102,7 @@ def _scan(folder: Path) -> dict[str, list[_Slice]]:
                     columns=int(ds.Columns),
                     pixel_spacing=(float(ds.PixelSpacing[0]), float(ds.PixelSpacing[1])),
                     frames=int(ds.get("NumberOfFrames", 1) or 1),
+                    sop_instance_uid=str(ds.get("SOPInstanceUID", "") or ""),
                 )
             )
         except (AttributeError, TypeError, ValueError, IndexError) as exc:
@@ -149,6 +159,33 @@ def _grid(folder: Path, slices: list[_Slice]) -> Grid:
         origin=tuple(float(v) for v in first.position),
         direction=direction,
     )
+
+
+def _check_pixel_data(slices: list[_Slice]) -> None:
+    """Refuse a slice whose uncompressed pixel data is shorter than its header says. GDCM (SimpleITK)
+    decodes such a file without an error, filling the missing voxels with whatever memory follows."""
+    import pydicom
+
+    for s in slices:
+        try:
+            ds = pydicom.dcmread(s.path, defer_size=1024)  # the pixel data itself stays on disk
+            element = ds.get_item("PixelData", keep_deferred=True)
+            syntax = ds.file_meta.get("TransferSyntaxUID")
+            rows, columns = int(ds.Rows), int(ds.Columns)
+            bits, samples = int(ds.get("BitsAllocated", 16)), int(ds.get("SamplesPerPixel", 1) or 1)
+        except Exception as exc:  # pydicom raises many types for a damaged file
+            raise CTReadError(f"{s.path}: unreadable DICOM file ({_why(exc)})") from exc
+        if element is None:
+            raise CTReadError(f"{s.path}: DICOM image without pixel data")
+        length = getattr(element, "length", None)
+        if length is None:
+            length = len(element.value or b"")
+        if length == 0xFFFFFFFF or (syntax is not None and syntax.is_encapsulated):
+            continue  # compressed: the decoder checks its own stream
+        expected = rows * columns * samples * s.frames * ((bits + 7) // 8)
+        if length < expected:
+            raise CTReadError(f"{s.path}: pixel data holds {length} bytes, but {rows}x{columns} {bits}-bit pixels "
+                              f"need {expected}; the file is truncated or corrupt")
 
 
 def _decode_simpleitk(slices: list[_Slice]) -> np.ndarray:

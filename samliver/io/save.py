@@ -16,7 +16,8 @@ from samliver.io.orient import Reorientation
 
 
 def save_mask(mask: np.ndarray, like: CTVolume, path: str | os.PathLike[str]) -> Path:
-    """Write ``mask`` as a uint8 NIfTI label map on the grid of the file ``like`` was read from.
+    """Write ``mask`` as a uint8 NIfTI label map on the grid of the file ``like`` was read from,
+    or, for a ``.dcm`` path, as a DICOM SEG referencing ``like``'s DICOM series.
 
     Args:
         mask: ``(Z, Y, X)`` integer labels 0..255 (bool is fine), in ``like``'s canonical
@@ -24,7 +25,8 @@ def save_mask(mask: np.ndarray, like: CTVolume, path: str | os.PathLike[str]) ->
         like: the CT the mask belongs to. For a NIfTI source the output keeps the source's voxel
             order, affine, qform/sform and their codes; for a DICOM source it uses the series'
             grid as SimpleITK reads it; for a volume made in memory, its canonical grid.
-        path: output file, ``.nii`` or ``.nii.gz``.
+        path: output file: ``.nii`` or ``.nii.gz`` (NIfTI), or ``.dcm`` (DICOM SEG: needs a CT
+            read from a DICOM series, labels 1 liver / 2 tumour; see `samliver.io.dicom_seg`).
 
     Returns:
         The path written. The write is atomic: a temporary file in the same folder is fsynced
@@ -35,16 +37,18 @@ def save_mask(mask: np.ndarray, like: CTVolume, path: str | os.PathLike[str]) ->
     """
     out = Path(path)
     name = out.name.lower()
-    if name.endswith(".dcm"):
-        raise MaskWriteError(f"{out}: DICOM SEG output is not supported yet; only NIfTI (.nii, .nii.gz) is")
-    if not name.endswith(NIFTI_SUFFIXES):
-        raise MaskWriteError(f"{out}: unsupported output type; use .nii or .nii.gz")
+    if not name.endswith((*NIFTI_SUFFIXES, ".dcm")):
+        raise MaskWriteError(f"{out}: unsupported output type; use .nii, .nii.gz or .dcm (DICOM SEG)")
     labels = _as_uint8(mask, like, out)
     source = like.source
     if source is not None and out.resolve() == source.path.resolve():
         raise MaskWriteError(f"{out}: refusing to overwrite the image the mask was made for")
     if not out.parent.is_dir():
         raise MaskWriteError(f"{out}: folder {out.parent} does not exist")
+    if name.endswith(".dcm"):
+        from samliver.io.dicom_seg import write_dicom_seg
+
+        return write_dicom_seg(labels, like, out)
 
     grid, reorientation, header = _file_grid(like)
     payload = nifti_bytes(reorientation.from_canonical(labels), grid, header)

@@ -76,6 +76,8 @@ class PromptableSegmenter(nn.Module, ABC):
     """
 
     mask_threshold: float = 0.0
+    #: whether `load_model(..., input_size=S)` may build this family at another input size
+    resizable_input: bool = False
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
@@ -131,6 +133,12 @@ class PromptableSegmenter(nn.Module, ABC):
     def postprocess(self, low_res_logits: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
         """Low-res logits ``(N, M, h, w)`` -> logits ``(N, M, H, W)`` at the input slice size."""
         return self.convention.upsample(low_res_logits, image_size)
+
+    def set_fast_attention(self, enabled: bool) -> int:
+        """Switch the encoder's attention between a fast path and upstream's own forward; returns the
+        number of modules switched. Families without a fast path of ours (SAM 2: transformers already
+        runs SDPA) switch none."""
+        return 0
 
     def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Load a checkpoint's tensors (any format this family reads), strictly."""

@@ -11,6 +11,7 @@ from torch import nn
 from samliver.prompts import Prompts
 from samliver.registry import ModelSpec
 
+from . import fast_attention as _fast
 from .base import DecoderOutput, ImageEmbedding, PromptableSegmenter
 
 
@@ -50,10 +51,26 @@ class SamSegmenter(PromptableSegmenter):
     (``image_encoder.*``, ``prompt_encoder.*``, ``mask_decoder.*``).
     """
 
+    #: `load_model(..., input_size=S)` may build it at another input size (see `samliver.models.input_size`)
+    resizable_input = True
+
     def __init__(self, spec: ModelSpec, sam: nn.Module | None = None) -> None:
         super().__init__(spec)
         self.sam = build_sam_module(spec) if sam is None else sam
         self.sam.eval()
+        # The encoder's attention runs through SDPA unless $SAMLIVER_FAST_ATTENTION=0 (see fast_attention).
+        self.set_fast_attention(_fast.default_enabled())
+
+    def set_fast_attention(self, enabled: bool) -> int:
+        """Run the image encoder's attention through the fused SDPA path (`samliver.models.fast_attention`,
+        equal to upstream in fp32 to roundoff) or upstream's own forward. Returns the modules switched."""
+        switch = _fast.enable_fast_attention if enabled else _fast.disable_fast_attention
+        return switch(self.sam.image_encoder)
+
+    @property
+    def fast_attention(self) -> bool:
+        """Whether the image encoder's attention runs the SDPA fast path."""
+        return any(_fast.fast_attention_on(m) for m in self.sam.image_encoder.modules())
 
     @property
     def image_encoder(self) -> nn.Module:
@@ -102,6 +119,8 @@ class SamSegmenter(PromptableSegmenter):
         from .checkpoints import load_state_strict
         from .convert_hf_sam import hf_to_sam_state_dict, is_hf_sam_state_dict
 
+        from .input_size import resize_state_dict
+
         if is_hf_sam_state_dict(state_dict):
             state_dict = hf_to_sam_state_dict(state_dict)
-        load_state_strict(self.sam, state_dict, self.spec.name)
+        load_state_strict(self.sam, resize_state_dict(state_dict, self.sam), self.spec.name)

@@ -41,6 +41,16 @@ OPTIONS: tuple[tuple[tuple[str, ...], str, Any, str], ...] = (
     (("--export-base", "--export_base"), "export_base", str,
      "also write the whole trained model as a base checkpoint to PATH (+ PATH.json)"),
     (("--cache-dir", "--cache_dir"), "cache_dir", str, "slice cache folder (default: RUN_DIR/cache)"),
+    (("--pseudo-label-rounds", "--pseudo_label_rounds"), "pseudo_labels.rounds", int,
+     "self-training: after training on --data, N rounds of pseudo-labelling --unlabelled and retraining"),
+    (("--unlabelled", "--unlabeled"), "pseudo_labels.unlabelled", str,
+     "unlabelled CTs for self-training: a dataset spec or a folder of NIfTI files / DICOM series"),
+    (("--pseudo-prompts", "--pseudo_prompts"), "pseudo_labels.prompts", str,
+     "the teacher's first prompts: auto (its head or default box generator), unet:PATH, files:FOLDER"),
+    (("--pseudo-min-iou", "--pseudo_min_iou"), "pseudo_labels.filter.min_iou", float,
+     "keep pseudo-label objects whose predicted IoU is at least this"),
+    (("--pseudo-min-stability", "--pseudo_min_stability"), "pseudo_labels.filter.min_stability", float,
+     "...and whose mean Dice under jittered prompts is at least this"),
 )
 
 #: flags whose value "", "none" or "null" means "not set" (e.g. ``--test-data none``)
@@ -63,12 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", "--resume-from-checkpoint", "--resume_from_checkpoint", nargs="?",
                         const="latest", default=None, metavar="PATH",
                         help="continue from the newest checkpoint of the run folder, or from PATH")
-    parser.add_argument("--overwrite", action="store_true", help="start over in a run folder that holds a run")
+    parser.add_argument("--overwrite", "--force", action="store_true",
+                        help="start over in a run folder that holds a run (its outputs are replaced)")
     parser.add_argument("--gradient-checkpointing", "--gradient_checkpointing", action="store_true", default=None,
                         help="recompute encoder blocks in the backward pass (less memory at 1024 px)")
     parser.add_argument("--with-tracking", "--with_tracking", action="store_true",
                         help="accepted for the Accelerate examples' sake: tracking is on by default")
     parser.add_argument("--cpu", action="store_true", default=None, help="train on the CPU even where CUDA is present")
+    parser.add_argument("--text-prompts", "--text_prompts", action="store_true", default=None,
+                        help="also train a CLIP text projection (text_prompts.* keys: tower, descriptions, prob)")
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     return parser
 
@@ -79,7 +92,8 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
     for _, key, _, _ in OPTIONS:
         value = getattr(args, key)
         if value is not None:
-            out[key] = None if key in NULLABLE and str(value).lower() in ("", "none", "null") else value
+            value = None if key in NULLABLE and str(value).lower() in ("", "none", "null") else value
+            out = merge(out, dotted(key, value))   # dotted keys (pseudo_labels.rounds) nest
     for key in ("gradient_checkpointing", "cpu"):
         if getattr(args, key):
             out[key] = True
@@ -89,6 +103,8 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
         method_config[key] = value
     if method_config:
         out["method_config"] = method_config
+    if getattr(args, "text_prompts", None):
+        out = merge(out, {"text_prompts": {"enabled": True}})
     for text in args.set:
         key, value = parse_assignment(text, "--set")
         out = merge(out, dotted(key, value))
@@ -115,8 +131,10 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(_unknown_flags(parser, extra))
         config, used = resolve(args.config, overrides_from(args))
         from .loop import train
+        from .self_training import self_train
 
-        train(config, resume=args.resume, overwrite=args.overwrite, config_file=used)
+        run_training = self_train if config.pseudo_labels.rounds else train
+        run_training(config, resume=args.resume, overwrite=args.overwrite, config_file=used)
         return 0
 
     return report_errors("train_adapter.py", run, debug=args.debug,

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any, Mapping, Union
 
 from samliver.errors import SamliverError
+from samliver.prompts.pseudo_labels import ConfidenceFilter
+from samliver.prompts.pseudo_sources import PROMPT_SOURCES
 
 
 class ConfigError(SamliverError, ValueError):
@@ -47,6 +49,62 @@ class PromptSettings:
     multimask: bool = False
 
 
+def _default_descriptions() -> dict:
+    return {"liver": ["liver", "the liver", "liver parenchyma", "hepatic tissue"],
+            "tumor": ["liver tumor", "liver tumour", "hepatic lesion", "liver lesion", "liver cancer"]}
+
+
+@dataclasses.dataclass
+class TextPromptSettings:
+    """CLIP text prompts trained with the decoder (`samliver.prompts.clip_text`); ``--text-prompts``.
+
+    Attributes:
+        enabled: attach a trainable text projection and prompt a fraction of the slices by class text.
+        model: the open_clip text tower: a model name, ``hf-hub:org/repo`` (in the local Hugging Face
+            cache), ``local-dir:PATH`` or an open_clip model-config ``.json``; ``samliver-tiny-text`` is
+            the bundled test config.
+        checkpoint: its weights: empty for hf-hub/local-dir models, else a local file, a cached
+            pretrained tag, or ``random`` (seeded by ``seed``).
+        descriptions: class (``liver``, ``tumor``) -> its descriptions; each text-prompted object
+            gets one at random; evaluation uses the first.
+        prob: chance that a training slice is prompted by text (each of its classes, one object
+            each, the whole class as the target) instead of by boxes / clicks.
+        num_tokens: sparse decoder tokens per text; hidden: width of the projection's MLP.
+    """
+
+    enabled: bool = False
+    model: str = "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
+    checkpoint: Union[str, None] = None
+    seed: int = 0
+    descriptions: dict = dataclasses.field(default_factory=_default_descriptions)
+    prob: float = 0.5
+    num_tokens: int = 2
+    hidden: int = 256
+
+
+@dataclasses.dataclass
+class PseudoLabelSettings:
+    """Self-training with pseudo-labels (`samliver.training.self_training`): ``--pseudo-label-rounds N
+    --unlabelled DATA``.
+
+    Attributes:
+        rounds: pseudo-label rounds after round 0 (labelled cases only); 0 is plain training.
+        unlabelled: the unlabelled CTs: a dataset spec or folder (its labels, if any, are never trained on,
+            only compared with the pseudo-labels) or a folder of NIfTI files / DICOM series folders.
+        prompts: the teacher's first prompts, a registered source (`samliver.prompts.pseudo_sources`):
+            ``auto`` (its prompt-free head or default box generator), ``unet:PATH``, ``files:FOLDER``.
+        continue_student: each student starts from its teacher's adapter (else from the base model with a
+            fresh strategy, as noisy-student training does).
+        filter: which teacher masks become pseudo-labels (`ConfidenceFilter`: min_iou, min_stability, ...).
+    """
+
+    rounds: int = 0
+    unlabelled: Union[str, None] = None
+    prompts: str = "auto"
+    continue_student: bool = False
+    filter: ConfidenceFilter = dataclasses.field(default_factory=ConfidenceFilter)
+
+
 @dataclasses.dataclass
 class LossSettings:
     """Loss weights (MONAI losses by name; see `samliver.training.losses`).
@@ -77,7 +135,10 @@ class TrainConfig:
     False: none, or a `build_augment` config), ``tumor_fraction``. Optimisation: ``max_steps`` (optimizer
     steps), ``batch_size`` (per process), ``lr``, ``scheduler`` (cosine, linear, constant; after
     ``warmup_steps``), ``gradient_accumulation_steps``, ``mixed_precision`` (None: as ``accelerate launch``
-    says). Schedule: ``eval_every``, ``checkpoint_every``, ``keep_checkpoints``, ``log_every``.
+    says), ``gradient_checkpointing`` (recompute each image-encoder block in the backward pass instead of
+    storing its activations: less memory for a trained encoder at 1024 px, more time; ignored where the
+    encoder is frozen). Prompts: ``prompts`` (`PromptSettings`), ``text_prompts`` (`TextPromptSettings`). Self-training:
+    ``pseudo_labels`` (`PseudoLabelSettings`). Schedule: ``eval_every``, ``checkpoint_every``, ``keep_checkpoints``, ``log_every``.
     """
 
     method: str = "lora"
@@ -97,6 +158,8 @@ class TrainConfig:
     tumor_fraction: Union[float, None] = 0.5
     num_workers: int = 0
     prompts: PromptSettings = dataclasses.field(default_factory=PromptSettings)
+    text_prompts: TextPromptSettings = dataclasses.field(default_factory=TextPromptSettings)
+    pseudo_labels: PseudoLabelSettings = dataclasses.field(default_factory=PseudoLabelSettings)
     loss: LossSettings = dataclasses.field(default_factory=LossSettings)
     max_steps: int = 200
     batch_size: int = 4
@@ -157,6 +220,9 @@ class TrainConfig:
         if min(self.loss.dice, self.loss.bce, self.loss.focal, self.loss.tversky, self.loss.iou) < 0 or \
                 self.loss.dice + self.loss.bce + self.loss.focal + self.loss.tversky == 0:
             raise ConfigError("loss: weights must be >= 0 and at least one mask loss positive")
+        check_pseudo_labels(self.pseudo_labels)
+        if self.text_prompts.enabled:
+            check_text_prompts(self.text_prompts, self.targets)
         check_method(self.method, self.method_config)
         check_model(self.model)
         return self
@@ -179,6 +245,39 @@ def check_method(method: str, method_config: Mapping[str, Any]) -> None:
         if key not in fields:
             raise ConfigError(f"unknown method_config key {key!r} for method {method!r}{_suggest(key, fields)}; "
                               f"known: {', '.join(fields)}")
+
+
+def check_text_prompts(t: TextPromptSettings, targets: list) -> None:
+    """Text prompt values: prob, token counts, and a description list for each target class."""
+    from samliver.errors import PromptError
+    from samliver.prompts.clip_text import TextTowerError, TextTowerSpec, check_tower_source, text_classes
+
+    if not 0.0 <= t.prob <= 1.0 or t.num_tokens < 1 or t.hidden < 1:
+        raise ConfigError(f"text_prompts: need 0 <= prob <= 1, num_tokens >= 1, hidden >= 1; got prob {t.prob}, "
+                          f"num_tokens {t.num_tokens}, hidden {t.hidden}")
+    try:
+        text_classes(t.descriptions)
+    except PromptError as exc:
+        raise ConfigError(f"text_prompts: {exc}") from None
+    missing = [c for c in targets if c not in t.descriptions]
+    if missing:
+        raise ConfigError(f"text_prompts.descriptions: no descriptions for target(s) {', '.join(missing)}")
+    try:  # before any data is prepared: the tower's files must be here (nothing is downloaded)
+        check_tower_source(TextTowerSpec(t.model, t.checkpoint, t.seed))
+    except TextTowerError as exc:
+        raise ConfigError(f"text_prompts: {exc}") from None
+
+
+def check_pseudo_labels(p: PseudoLabelSettings) -> None:
+    """Self-training values: rounds, the unlabelled data, and a registered prompt source."""
+    if p.rounds < 0:
+        raise ConfigError(f"pseudo_labels.rounds must be 0 or more, got {p.rounds}")
+    if p.rounds and not p.unlabelled:
+        raise ConfigError("pseudo_labels.rounds > 0 needs unlabelled data: pass --unlabelled DATA")
+    name = p.prompts.partition(":")[0]
+    if name not in PROMPT_SOURCES:
+        raise ConfigError(f"pseudo_labels.prompts: unknown prompt source {p.prompts!r}"
+                          f"{_suggest(name, sorted(PROMPT_SOURCES))}; registered: {', '.join(sorted(PROMPT_SOURCES))}")
 
 
 def check_model(name: str) -> None:

@@ -236,8 +236,10 @@ def build_train_loader(config: TrainConfig, split: CaseSplit, model: torch.nn.Mo
     sampler = EpochDraws(indices, tumor_flags, config.tumor_fraction,
                          steps_per_epoch * per_step, config.seed)
     items = TrainItems(slices, config.seed, model.convention, store, rows)
+    # Pinned host memory lets the copies to the GPU run asynchronously; workers persist across epochs.
     loader = DataLoader(items, batch_size=config.batch_size, sampler=sampler, collate_fn=collate_train,
-                        num_workers=config.num_workers, drop_last=False)
+                        num_workers=config.num_workers, drop_last=False, pin_memory=torch.cuda.is_available(),
+                        persistent_workers=config.num_workers > 0)
     return TrainLoader(loader, sampler, steps_per_epoch, int(indices.size), store is not None)
 
 

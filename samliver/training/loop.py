@@ -148,11 +148,13 @@ def train(config: TrainConfig, resume: str | None = None, overwrite: bool = Fals
                 continue
             progress.completed_steps += 1
             done = progress.completed_steps
-            loss = accelerator.reduce(torch.stack(micro).mean(), "mean").item()
-            micro.clear()
             bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}")
             if done % config.log_every == 0 or done == config.max_steps:
+                # The loss reaches the host (a device sync, and an all-reduce) once per logging interval:
+                # the mean over the interval's micro-batches.
+                loss = accelerator.reduce(torch.stack(micro).mean(), "mean").item()
+                micro.clear()
+                bar.set_postfix(loss=f"{loss:.4f}")
                 entry = {"step": done, "epoch": epoch, "loss": loss, "lr": scheduler.get_last_lr()[0]}
                 run.append_jsonl("metrics.jsonl", entry)
                 accelerator.log({"train/loss": loss, "train/lr": entry["lr"]}, step=done)

@@ -6,15 +6,21 @@ All functions take the object masks of one slice, ``(N, H, W)`` bool, and a seed
 (the trainer derives that seed from the run seed, the epoch and the item's draw position, which
 is what makes a resumed run identical to an uninterrupted one).
 
+With text prompts enabled, a fraction of slices are prompted by class text instead (`text_queries`).
+
 Coordinates follow `samliver.prompts`: boxes in pixel edges (``x1 = last column + 1``), clicks at
 pixel ``(x = column, y = row)``.
 """
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
+from samliver.data.case import LIVER
 from samliver.prompts import Prompts
+from samliver.prompts.clip_text import TextClass
 
 from .config import PromptSettings
 
@@ -123,6 +129,33 @@ def corrective_prompts(previous: Prompts, predicted: np.ndarray, masks: np.ndarr
         click_labels = np.concatenate([previous.point_labels, click_labels], axis=1)
     return Prompts(boxes=previous.boxes, points=clicks, point_labels=click_labels,
                    masks=np.asarray(mask_logits, np.float32), labels=previous.labels)
+
+
+def text_queries(masks: np.ndarray, labels: np.ndarray, classes: Sequence[TextClass],
+                 rng: np.random.Generator) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """Text prompts for one slice: one query per class, the class's whole region as its target.
+
+    Every class with an object in the slice is asked for; where the liver is present, the classes
+    absent from the slice are asked for too, with an empty target (a tumour-free liver slice teaches
+    "liver tumor" -> nothing). Each query's text is one of its class's descriptions, drawn uniformly.
+
+    Args:
+        masks: ``(N, H, W)`` bool objects of the slice; labels: ``(N,)`` their classes.
+        classes: the text projection's classes (`samliver.prompts.clip_text.TextClass`).
+    Returns:
+        ``(targets (Q, H, W) bool, texts (Q,), labels (Q,) uint8)``; Q may be 0.
+    """
+    present = set(int(v) for v in labels)
+    liver_present = LIVER in present
+    targets, texts, out_labels = [], [], []
+    for cls in classes:
+        if cls.label in present or liver_present:
+            targets.append(masks[labels == cls.label].any(axis=0))
+            texts.append(cls.descriptions[int(rng.integers(len(cls.descriptions)))])
+            out_labels.append(cls.label)
+    if not targets:
+        return np.zeros((0, *masks.shape[-2:]), bool), [], np.zeros(0, np.uint8)
+    return np.stack(targets), texts, np.asarray(out_labels, np.uint8)
 
 
 def choose_objects(count: int, limit: int, rng: np.random.Generator) -> np.ndarray:

@@ -4,7 +4,8 @@ Two kinds, chosen by what the adapted model exposes (`step_kind`), never by stra
 
 - ``"prompted"`` (`PromptedStep`): the model decodes prompts. Each slice's objects get prompts
   simulated from their masks (`samliver.training.prompting`), optionally followed by corrective
-  clicks; the decoder's masks are scored with `MaskLoss`.
+  clicks; the decoder's masks are scored with `MaskLoss`. With ``text_prompts`` enabled, a fraction
+  ``prob`` of slices are prompted by class text instead, through ``model.text_prompts``.
 - ``"head"`` (`HeadStep`): the model carries a prompt-free ``task_head`` (the ``decoder`` strategy with
   ``head: multiclass``); its class logits are scored with a multi-class Dice-CE.
 
@@ -25,9 +26,11 @@ from torch.utils.checkpoint import checkpoint
 
 from samliver.models.base import ImageEmbedding
 
-from .config import TrainConfig
+from samliver.prompts import Prompts
+
+from .config import ConfigError, TrainConfig
 from .losses import MaskLoss, head_loss
-from .prompting import choose_objects, corrective_prompts, initial_prompts
+from .prompting import choose_objects, corrective_prompts, initial_prompts, text_queries
 
 
 def step_kind(model: nn.Module) -> str:
@@ -64,6 +67,10 @@ class PromptedStep(nn.Module):
         self.model = model
         self.settings = config.prompts
         self.loss = MaskLoss(config.loss)
+        self.text_prob, self.text_classes = 0.0, ()
+        if config.text_prompts.enabled:
+            self.text_prob = config.text_prompts.prob
+            self.text_classes = text_training_classes(model, config)
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """``batch`` from `samliver.training.data.collate_train`; returns ``loss`` and ``objects`` (count)."""
@@ -75,6 +82,13 @@ class PromptedStep(nn.Module):
             if n == 0:
                 continue
             rng = np.random.default_rng(int(batch["prompt_seed"][b]))
+            if self.text_classes and rng.random() < self.text_prob:
+                loss, count = self._text_loss(emb.select(b), batch["objects"][b, :n], batch["object_labels"][b, :n],
+                                              size, rng)
+                if count:
+                    total = loss * count if total is None else total + loss * count
+                    weight += count
+                continue
             keep = torch.as_tensor(choose_objects(n, self.settings.max_objects, rng))
             masks = batch["objects"][b, keep.to(batch["objects"].device)]
             masks_np = masks.cpu().numpy()
@@ -97,6 +111,20 @@ class PromptedStep(nn.Module):
         if total is None:
             return {"loss": _zero_loss(self), "objects": torch.zeros((), device=emb.image_embeddings.device)}
         return {"loss": total / weight, "objects": torch.tensor(float(weight), device=total.device)}
+
+    def _text_loss(self, emb: ImageEmbedding, objects: torch.Tensor, labels: torch.Tensor, size: tuple[int, int],
+                   rng: np.random.Generator) -> tuple[torch.Tensor | None, int]:
+        """Mask loss of one slice prompted by class text (`text_queries`): tokens from the text projection
+        (with gradients), the whole class region as each query's target. Returns ``(loss, queries)``."""
+        targets, texts, query_labels = text_queries(objects.cpu().numpy(), labels.cpu().numpy(), self.text_classes,
+                                                    rng)
+        if not texts:
+            return None, 0
+        prompts = Prompts(tokens=self.model.text_prompts(texts), labels=query_labels)
+        out = self.model.decode(emb, prompts, size, multimask=False)
+        logits = self.model.postprocess(out.low_res_logits, size)
+        truth = torch.as_tensor(targets, device=logits.device)
+        return self.loss(logits, truth, out.iou_scores), len(texts)
 
 
 class HeadStep(nn.Module):
@@ -121,7 +149,28 @@ STEPS: dict[str, type[nn.Module]] = {"prompted": PromptedStep, "head": HeadStep}
 
 def make_step(model: nn.Module, config: TrainConfig) -> nn.Module:
     """The training step module for ``model`` (by `step_kind`)."""
-    return STEPS[step_kind(model)](model, config)
+    kind = step_kind(model)
+    if config.text_prompts.enabled and kind != "prompted":
+        raise ConfigError(f"text_prompts: method {config.method!r} trains a prompt-free head; text prompts need "
+                          "a promptable mask decoder (e.g. decoder with head: sam, lora, full)")
+    return STEPS[kind](model, config)
+
+
+def text_training_classes(model: nn.Module, config: TrainConfig) -> tuple:
+    """Attach a new trainable text projection to ``model`` (or keep the one a continued adapter brought,
+    if made with the same tower and descriptions); returns its classes among ``config.targets``."""
+    from samliver.prompts.clip_text import CLASS_LABELS, TextTowerSpec, attach_text_prompts, is_trained_on
+
+    t = config.text_prompts
+    tower = TextTowerSpec(t.model, t.checkpoint, t.seed)
+    prompter = getattr(model, "text_prompts", None)
+    if prompter is None:
+        prompter = attach_text_prompts(model, tower, t.descriptions, t.num_tokens, t.hidden)
+    elif not is_trained_on(prompter, tower, t.descriptions):
+        raise ConfigError(f"text_prompts: the adapter {config.adapter} brings a text projection made with another "
+                          "tower or other descriptions; match them in text_prompts or start without --adapter")
+    wanted = {CLASS_LABELS[name] for name in config.targets if name in CLASS_LABELS}
+    return tuple(c for c in prompter.classes if c.label in wanted)
 
 
 def enable_gradient_checkpointing(model: nn.Module) -> int:

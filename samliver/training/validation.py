@@ -2,9 +2,9 @@
 
 Prompted models segment each case with `Predictor.segment_volume` from a tight ground-truth box per
 object per slice (the liver, and each tumour component, on every slice where it appears); models with
-a prompt-free head segment it with `Predictor.segment_auto`. Dice is MONAI's ``compute_dice`` per case
-on the liver (labels 1 and 2) and the tumour (label 2); a case without tumour (or liver) in its ground
-truth gives NaN for that class and is left out of the mean.
+a prompt-free head segment it with `Predictor.segment_head` (the raw head, no 3D cleanup). Dice is
+MONAI's ``compute_dice`` per case on the liver (labels 1 and 2) and the tumour (label 2); a case without
+tumour (or liver) in its ground truth gives NaN for that class and is left out of the mean.
 
 Cases are read from the training cache. A uint8 cache holds exactly the grey values the model's own
 ``preprocess`` makes from HU with the cache's window, so its slices are handed to the predictor with the
@@ -75,7 +75,7 @@ def segment_case(predictor: Predictor, kind: str, case: CaseCache, window: tuple
     volume, win = case_volume(case, window)
     truth = restrict(np.array(case.label), targets)
     if kind == "head":
-        pred = predictor.segment_auto(volume, window=win)
+        pred = predictor.segment_head(volume, window=win)
     else:
         pred = predictor.segment_volume(volume, truth_prompts(truth, targets, case.has_liver), window=win)
     return pred, truth

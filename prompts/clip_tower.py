@@ -1,0 +1,219 @@
+"""The open_clip text tower behind CLIP text prompts: built once per process, frozen, on the CPU,
+never downloading, with a per-text embedding cache.
+
+A `TextTowerSpec` names it: an open_clip model name, a ``hf-hub:``/``local-dir:`` model, or a
+model-config ``.json`` file, with weights from a local file, an open_clip pretrained tag, or
+``"random"`` (seeded random weights, for tests). ``hf-hub:`` models and tags are read from the local
+Hugging Face cache only. The bundled config ``samliver-tiny-text`` (``configs/clip/``: 64 wide,
+2 layers, a 32-token context) is the test tower.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import warnings
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from samliver.errors import PromptError, SamliverError
+
+#: the bundled tiny tower config (tests), registered with open_clip on first use
+TINY_TOWER = "samliver-tiny-text"
+
+
+class TextTowerError(SamliverError, ValueError):
+    """A text tower that cannot be built offline, or one that differs from the tower a projection was trained with."""
+
+
+class TextTruncationWarning(UserWarning):
+    """A text prompt longer than the tower's context was truncated."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TextTowerSpec:
+    """Which text tower: ``model`` (open_clip name, ``hf-hub:org/repo``, ``local-dir:PATH`` or a
+    model-config ``.json`` file), ``checkpoint`` (None for ``hf-hub:``/``local-dir:`` models, which
+    carry their weights; else a local weights file, an open_clip pretrained tag, or ``"random"``),
+    ``seed`` (random weights only)."""
+
+    model: str
+    checkpoint: str | None = None
+    seed: int = 0
+
+    def describe(self) -> str:
+        return f"text tower {self.model!r} (checkpoint {self.checkpoint or 'its own weights'})"
+
+
+class ClipTextTower:
+    """A frozen open_clip text encoder on the CPU with a per-text embedding cache.
+
+    Attributes:
+        context_length: tokens the tokenizer keeps (longer texts are truncated, with a warning).
+        embed_dim: E, the width of the (L2-normalised) text embeddings.
+    """
+
+    def __init__(self, spec: TextTowerSpec, model: nn.Module, tokenizer) -> None:
+        self.spec, self.model, self.tokenizer = spec, model.eval().requires_grad_(False), tokenizer
+        self.context_length = int(tokenizer.context_length)
+        self._cache: dict[str, torch.Tensor] = {}
+        with torch.no_grad():
+            self.embed_dim = int(self.model.encode_text(self.tokenizer(["x"])).shape[-1])
+
+    def token_count(self, text: str) -> int:
+        """Tokens of ``text`` before truncation, special tokens included (tokenised with room to spare;
+        every tokenizer open_clip uses pads with 0)."""
+        room = self.context_length + len(text.encode("utf-8")) + 8
+        return int(torch.count_nonzero(self.tokenizer([text], context_length=room)))
+
+    def encode(self, texts: Sequence[str]) -> torch.Tensor:
+        """Embeddings ``(N, E)`` float32 (L2-normalised, CPU) of ``texts``; each text is encoded once.
+
+        Warns (`TextTruncationWarning`) when a text is longer than the context, naming it and the context.
+        """
+        texts = [check_text(t) for t in texts]
+        todo = [t for t in dict.fromkeys(texts) if t not in self._cache]
+        for text in todo:
+            count = self.token_count(text)
+            if count > self.context_length:
+                shown = text if len(text) <= 60 else text[:57] + "..."
+                warnings.warn(f"text prompt {shown!r} is {count} tokens long, more than the {self.spec.model} "
+                              f"text tower's context of {self.context_length} tokens; it was truncated to "
+                              f"{self.context_length} tokens", TextTruncationWarning, stacklevel=3)
+        if todo:
+            with torch.no_grad():
+                emb = self.model.encode_text(self.tokenizer(todo), normalize=True).float()
+            self._cache.update({t: e.clone() for t, e in zip(todo, emb)})
+        return torch.stack([self._cache[t] for t in texts]) if texts else torch.zeros(0, self.embed_dim)
+
+
+def check_text(text: object) -> str:
+    """``text`` stripped; PromptError unless it is a non-empty string."""
+    if not isinstance(text, str) or not text.strip():
+        raise PromptError(f"text: need a non-empty description, got {text!r}")
+    return text.strip()
+
+
+_TOWERS: dict[TextTowerSpec, ClipTextTower] = {}
+
+
+def text_tower(spec: TextTowerSpec) -> ClipTextTower:
+    """The tower of ``spec``, built on first use and shared by the whole process.
+
+    Raises:
+        TextTowerError: unknown model, missing weights file, or weights not in the local cache.
+    """
+    if spec not in _TOWERS:
+        _TOWERS[spec] = _build_tower(spec)
+    return _TOWERS[spec]
+
+
+def check_tower_source(spec: TextTowerSpec) -> None:
+    """A quick check, without building anything, that ``spec``'s files are here: a ``.json`` config or
+    weights file exists, a ``hf-hub:`` model is in the local Hugging Face cache. (Training calls it
+    before preparing data; `text_tower` still reports any other problem when it builds the tower.)
+
+    Raises:
+        TextTowerError: naming the missing file or model.
+    """
+    model, ckpt = spec.model, spec.checkpoint
+    if model.endswith(".json") and not Path(model).is_file():
+        raise TextTowerError(f"text tower config {model}: no such file")
+    if model.startswith("local-dir:") and not (Path(model.split(":", 1)[1]) / "open_clip_config.json").is_file():
+        raise TextTowerError(f"{spec.describe()}: no open_clip_config.json in {model.split(':', 1)[1]}")
+    if model.startswith("hf-hub:"):
+        from huggingface_hub import try_to_load_from_cache
+
+        repo = model.split(":", 1)[1]
+        if not isinstance(try_to_load_from_cache(repo, "open_clip_config.json"), str):
+            raise TextTowerError(f"{spec.describe()}: not in the local Hugging Face cache (samliver never downloads "
+                                 f"it); fetch it first, e.g. `huggingface-cli download {repo}`")
+    looks_like_file = ckpt is not None and ("/" in ckpt or "\\" in ckpt
+                                            or ckpt.endswith((".pt", ".pth", ".bin", ".safetensors")))
+    if looks_like_file and not Path(ckpt).is_file():
+        raise TextTowerError(f"{spec.describe()}: weights file {ckpt} not found")
+
+
+@contextlib.contextmanager
+def _offline() -> Iterator[None]:
+    """Hugging Face Hub access restricted to the local cache while a tower is built (open_clip would
+    otherwise download configs, weights and tokenizers; we only read what the user has)."""
+    import huggingface_hub.constants as hub
+
+    before = hub.HF_HUB_OFFLINE
+    hub.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hub.HF_HUB_OFFLINE = before
+
+
+def _model_name(model: str) -> str:
+    """The open_clip name of ``model``, registering the bundled tiny config or a ``.json`` config file."""
+    import open_clip
+
+    if model == TINY_TOWER and model not in open_clip.list_models():
+        from samliver.configs import ROOT
+
+        open_clip.add_model_config(ROOT / "clip" / f"{TINY_TOWER}.json")
+    elif model.endswith(".json"):
+        path = Path(model)
+        if not path.is_file():
+            raise TextTowerError(f"text tower config {model}: no such file")
+        open_clip.add_model_config(path)
+        if path.stem not in open_clip.list_models():
+            raise TextTowerError(f"text tower config {model}: not an open_clip model config "
+                                 "(needs embed_dim, vision_cfg and text_cfg)")
+        return path.stem
+    return model
+
+
+def _create_kwargs(spec: TextTowerSpec, name: str) -> dict:
+    """``open_clip.create_model`` arguments for the weights ``spec.checkpoint`` names."""
+    import open_clip
+
+    ckpt = spec.checkpoint
+    if ckpt == "random":
+        return {"load_weights": False, "pretrained_text": False}
+    if name.startswith(("hf-hub:", "local-dir:")):
+        if ckpt is not None:
+            raise TextTowerError(f"{spec.describe()}: {name.split(':')[0]} models carry their own weights; "
+                                 "leave checkpoint empty (or 'random')")
+        return {}
+    if ckpt is None:
+        tags = ", ".join(open_clip.list_pretrained_tags_by_model(name)) or "none"
+        raise TextTowerError(f"{spec.describe()}: {name!r} is an architecture; give checkpoint: a local weights "
+                             f"file, a pretrained tag in the Hugging Face cache ({tags}), or 'random'")
+    if Path(ckpt).is_file():
+        return {"pretrained": str(ckpt)}
+    cfg = open_clip.get_pretrained_cfg(name, ckpt)
+    if not cfg:
+        raise TextTowerError(f"{spec.describe()}: {ckpt!r} is neither a file nor a pretrained tag of {name!r}")
+    if not cfg.get("hf_hub"):
+        raise TextTowerError(f"{spec.describe()}: tag {ckpt!r} downloads from {cfg.get('url')}; download it "
+                             "yourself and give the file as checkpoint")
+    return {"pretrained": ckpt}
+
+
+def _build_tower(spec: TextTowerSpec) -> ClipTextTower:
+    import open_clip
+
+    name = _model_name(spec.model)
+    if not name.startswith(("hf-hub:", "local-dir:")) and name not in open_clip.list_models():
+        raise TextTowerError(f"{spec.describe()}: unknown open_clip model {name!r} "
+                             "(see open_clip.list_models(), or give hf-hub:, local-dir: or a .json config)")
+    kwargs = _create_kwargs(spec, name)
+    with _offline(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)  # random weights are a function of the seed (a saved projection needs them)
+        try:
+            model = open_clip.create_model(name, **kwargs)
+            tokenizer = open_clip.get_tokenizer(name)
+        except Exception as exc:  # noqa: BLE001  (open_clip / hub / transformers errors: not buildable offline)
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise TextTowerError(f"{spec.describe()}: cannot build it offline ({reason}); hf-hub models and "
+                                 "tags must be in the local Hugging Face cache") from None
+    model.visual = None  # only the text tower is used
+    return ClipTextTower(spec, model, tokenizer)

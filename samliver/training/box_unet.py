@@ -1,0 +1,391 @@
+"""Training the box U-Net (`samliver.prompts.unet_boxes`) in an Accelerate loop.
+
+The pieces are the adapter trainer's: `make_accelerator`, `lr_lambda`, `Progress`, `resume_point` /
+`check_checkpoint` (`samliver.training.setup`), the case split and slice cache (`split_and_cache`, built at the
+network's input size and window, so cached slices are the network's input), seeded `EpochDraws` with tumour
+oversampling and per-item augmentation seeds (`samliver.training.data`), MONAI augmentation, and the
+`RunFolder`. The loss is MONAI's Dice-CE (or Dice-focal) over background / liver / tumour (`make_loss`).
+
+Run folder (``output_dir``): ``run.json``, ``metrics.jsonl``, ``checkpoints/step_NNNNNN/`` (resumable),
+``checkpoints/best/`` (best by validation Dice), ``box_unet.safetensors`` + ``box_unet.json`` (the best U-Net,
+with its training record and held-out box recall), ``report.md``.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from samliver.data import SliceDataset, build_augment, load_dataset
+from samliver.prompts.component_boxes import box_recall, boxes_from_probabilities
+from samliver.prompts.unet_boxes import UNetBoxGenerator, load_box_generator
+from samliver.prompts.unet_model import build_unet, stacks
+
+from .box_unet_config import BoxUNetTrainConfig
+from .config import ConfigError
+from .data import EpochDraws, eval_loader, item_seed, split_and_cache
+from .run_folder import RunFolder, replace_dir
+from .setup import Progress, environment, lr_lambda, make_accelerator, resume_point
+from .validation import dice_per_class, summarize
+
+EXPORTS = ("box_unet.safetensors", "box_unet.json", "report.md")
+
+
+def make_loss(name: str, class_weights: Sequence[float], dice_batch: bool) -> nn.Module:
+    """MONAI ``DiceCELoss`` / ``DiceFocalLoss`` over background / liver / tumour (softmax, one-hot targets), with
+    ``class_weights`` on the CE / focal term. ``dice_batch``: Dice over the whole batch (MONAI ``batch=True``:
+    large lesions dominate) rather than per slice (each slice's lesions count alike, small ones included)."""
+    from monai.losses import DiceCELoss, DiceFocalLoss
+
+    weight = torch.tensor([float(w) for w in class_weights])
+    kind = {"dice_ce": DiceCELoss, "dice_focal": DiceFocalLoss}[name]
+    return kind(to_onehot_y=True, softmax=True, batch=bool(dice_batch), weight=weight)
+
+
+@dataclass
+class BoxRunResult:
+    """What `train_box_unet` returns: the run folder, the best generator (loaded back from its files), run.json."""
+
+    run_dir: Path
+    generator: UNetBoxGenerator
+    info: dict[str, Any]
+
+
+class SliceItems(Dataset):
+    """`SliceDataset` items keyed by `EpochDraws` keys ``(epoch, position, index)``: ``image`` ``(C, S, S)``
+    (C = 2 * context + 1 adjacent slices in [0, 1]) and ``label`` ``(S, S)`` int64, augmented with a stream
+    seeded from ``(seed, epoch, position)`` only (so a resumed run sees the same batches).
+
+    With ``crop``, each item is a ``crop x crop`` window (the U-Net is fully convolutional, so it trains on
+    windows and runs on whole slices): MONAI ``RandCropByLabelClassesd`` centres it on a background, liver or
+    tumour pixel with probabilities proportional to ``ratios`` (classes absent from the slice are skipped).
+    """
+
+    def __init__(self, slices: SliceDataset, seed: int, crop: int | None = None,
+                 ratios: Sequence[float] = (1.0, 1.0, 2.0)) -> None:
+        from monai.transforms import RandCropByLabelClassesd
+
+        self.slices, self.seed = slices, int(seed)
+        self.crop = None if crop is None else RandCropByLabelClassesd(
+            keys=("image", "label"), label_key="label", spatial_size=(int(crop), int(crop)),
+            ratios=[float(r) for r in ratios], num_classes=3, num_samples=1, warn=False)
+
+    def __len__(self) -> int:
+        return len(self.slices)
+
+    def __getitem__(self, key: tuple[int, int, int]) -> dict[str, torch.Tensor]:
+        epoch, position, index = (int(k) for k in key)
+        if self.slices.augment is not None:
+            self.slices.augment.set_random_state(item_seed(self.seed, epoch, position, 1))
+        item = self.slices[index]
+        image, label = item["image"], item["label"]
+        if self.crop is not None:
+            self.crop.set_random_state(item_seed(self.seed, epoch, position, 3))
+            window = self.crop({"image": image, "label": label[None]})[0]
+            image = torch.as_tensor(window["image"]).as_subclass(torch.Tensor)
+            label = torch.as_tensor(window["label"]).as_subclass(torch.Tensor)[0].long()
+        return {"image": image, "label": label}
+
+
+def _collate(items: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return {key: torch.stack([it[key] for it in items]) for key in ("image", "label")}
+
+
+def predict_cached(net: nn.Module, grey: np.ndarray, context: int, batch_size: int = 16) -> np.ndarray:
+    """Argmax class map ``(Z, S, S)`` uint8 of a cached case's slices ``grey`` ``(Z, S, S)`` uint8 (the cache
+    holds exactly the network's input)."""
+    device = next(net.parameters()).device
+    out = np.empty(grey.shape, np.uint8)
+    with torch.no_grad():
+        for start in range(0, grey.shape[0], batch_size):
+            idx = range(start, min(start + batch_size, grey.shape[0]))
+            out[start:idx.stop] = net(stacks(grey, idx, context).to(device)).argmax(1).cpu().numpy()
+    return out
+
+
+def train_box_unet(config: BoxUNetTrainConfig, resume: str | None = None, overwrite: bool = False,
+                   config_file: str | None = None) -> BoxRunResult:
+    """Train a box U-Net as ``config`` says; see the module docstring for what the run folder holds."""
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+
+    run = RunFolder(config.run_dir, is_main=True)
+    accelerator = make_accelerator(config, run.root / "logs")
+    run.is_main = accelerator.is_main_process
+
+    def log(message: str) -> None:
+        if accelerator.is_main_process:
+            tqdm.write(message)
+
+    set_seed(config.seed)
+    start_from = resume_point(run.root, resume)
+    run.start(resume is not None, overwrite)
+    if overwrite and resume is None and accelerator.is_main_process:
+        for name in EXPORTS:
+            (run.root / name).unlink(missing_ok=True)
+    accelerator.wait_for_everyone()
+    spec = config.spec()
+    if start_from is not None:
+        _check_same_network(RunFolder(start_from.parents[1], is_main=False).previous_run(), spec.to_json())
+
+    net = build_unet(spec).to(accelerator.device)
+    cache_root = run.root / "cache" if config.cache_dir is None else Path(config.cache_dir)
+    split = split_and_cache(replace(config, cache=config.cache_settings()), cache_root,
+                            accelerator.is_main_process, accelerator.wait_for_everyone)
+    augment = build_augment(None if config.augment is True else config.augment) if config.augment else None
+    slices = SliceDataset(split.cache, split.train, stack_depth=spec.in_channels, augment=augment)
+    per_step = config.batch_size * config.gradient_accumulation_steps * accelerator.num_processes
+    steps_per_epoch = max(1, math.ceil(len(slices) / per_step))
+    sampler = EpochDraws(np.arange(len(slices)), slices.tumor_flags, config.tumor_fraction,
+                         steps_per_epoch * per_step, config.seed)
+    items = SliceItems(slices, config.seed, config.crop, config.crop_ratios)
+    loader = DataLoader(items, batch_size=config.batch_size, sampler=sampler,
+                        collate_fn=_collate, num_workers=config.num_workers)
+    val_cases = split.cases("val")
+
+    loss_fn = make_loss(config.loss, config.class_weights, config.dice_batch).to(accelerator.device)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config, accelerator.num_processes))
+    net, optimizer, loader, scheduler = accelerator.prepare(net, optimizer, loader, scheduler)
+    val_loader = accelerator.prepare(eval_loader(len(val_cases))) if val_cases else None
+    progress = Progress(num_processes=accelerator.num_processes)
+    accelerator.register_for_checkpointing(progress)
+    if start_from is not None:
+        _check_checkpoint(start_from, accelerator.unwrap_model(net))
+        accelerator.load_state(str(start_from))
+        run.truncate_metrics(progress.completed_steps)
+        run.restore_best(start_from)
+        log(f"resuming from {start_from} at step {progress.completed_steps}")
+    elif resume is not None:
+        run.truncate_metrics(-1)
+    accelerator.init_trackers("samliver_box_unet", config={"max_steps": config.max_steps, "lr": config.lr,
+                                                           "batch_size": config.batch_size})
+    info = {"kind": "box-unet", "config": config.to_dict(), "config_file": config_file,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "num_processes": accelerator.num_processes,
+            "distributed_type": str(accelerator.distributed_type), "device": str(accelerator.device),
+            **environment(), "network": spec.to_json(),
+            "parameters": sum(p.numel() for p in accelerator.unwrap_model(net).parameters()),
+            "data": split.as_json(), "train_slices": len(slices), "steps_per_epoch": steps_per_epoch,
+            "status": "running"}
+    run.write_json(info)
+
+    def validate() -> None:
+        unwrapped = accelerator.unwrap_model(net).eval()
+        rows = []
+        for batch in val_loader:
+            case = val_cases[int(batch[0])]
+            pred = predict_cached(unwrapped, np.array(case.image), spec.context)
+            row = torch.tensor([[float(batch[0]), *dice_per_class(pred, np.array(case.label))]],
+                               device=accelerator.device)
+            rows.append(accelerator.gather_for_metrics(row))
+        unwrapped.train()
+        table = torch.cat(rows).cpu().numpy()
+        result = summarize({val_cases[int(r[0])].name: [float(r[1]), float(r[2])] for r in table}, ("liver", "tumor"))
+        done = progress.completed_steps
+        entry = {"step": done, "val/liver_dice": result["liver"], "val/tumor_dice": result["tumor"],
+                 "val/score": result["score"]}
+        progress.history.append(entry)
+        run.append_jsonl("metrics.jsonl", entry)
+        accelerator.log({k: v for k, v in entry.items() if k != "step" and v is not None}, step=done)
+        if result["score"] is not None and (progress.best_score is None or result["score"] > progress.best_score):
+            progress.best_score, progress.best_step = result["score"], done
+            _save_best(run, unwrapped, spec, config)
+        accelerator.wait_for_everyone()
+        log(f"step {done}: validation Dice liver {_fmt(result['liver'])}, tumour {_fmt(result['tumor'])}")
+
+    net.train()
+    bar = tqdm(total=config.max_steps, initial=progress.completed_steps, desc="box-unet",
+               disable=not accelerator.is_local_main_process, dynamic_ncols=True)
+    micro: list[torch.Tensor] = []
+    while progress.completed_steps < config.max_steps:
+        epoch, seen = divmod(progress.completed_steps, steps_per_epoch)
+        sampler.use_epoch(epoch)
+        batches = accelerator.skip_first_batches(loader, seen * config.gradient_accumulation_steps) if seen else loader
+        for batch in batches:
+            with accelerator.accumulate(net):
+                loss = loss_fn(net(batch["image"]).float(), batch["label"][:, None])
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and config.grad_clip > 0:
+                    accelerator.clip_grad_norm_(net.parameters(), config.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            micro.append(loss.detach().float())
+            if not accelerator.sync_gradients:
+                continue
+            progress.completed_steps += 1
+            done = progress.completed_steps
+            mean = accelerator.reduce(torch.stack(micro).mean(), "mean").item()
+            micro.clear()
+            bar.update(1)
+            bar.set_postfix(loss=f"{mean:.4f}")
+            if done % config.log_every == 0 or done == config.max_steps:
+                entry = {"step": done, "epoch": epoch, "loss": mean, "lr": scheduler.get_last_lr()[0]}
+                run.append_jsonl("metrics.jsonl", entry)
+                accelerator.log({"train/loss": mean, "train/lr": entry["lr"]}, step=done)
+            if val_loader is not None and config.eval_every and done % config.eval_every == 0:
+                validate()
+            if config.checkpoint_every and done % config.checkpoint_every == 0:
+                run.save_checkpoint(accelerator, done, config.keep_checkpoints)
+            if done >= config.max_steps:
+                break
+    bar.close()
+    done = progress.completed_steps
+    if val_loader is not None and (not progress.history or progress.history[-1]["step"] != done):
+        validate()
+    if config.checkpoint_every and not run.checkpoint_dir(done).exists():
+        run.save_checkpoint(accelerator, done, config.keep_checkpoints)
+    if progress.best_step is None:  # no validation cases: the final U-Net is the one exported
+        progress.best_step = done
+        _save_best(run, accelerator.unwrap_model(net), spec, config)
+    accelerator.wait_for_everyone()
+    info.update(status="finished", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), steps=done,
+                best_step=progress.best_step, best_val_score=progress.best_score, validation=progress.history)
+    generator = load_box_generator(run.best, device=accelerator.device)
+    if accelerator.is_main_process:
+        if config.final_test and config.test_data:
+            info["test"] = held_out_test(generator, config.test_data)
+            log(recall_table(info["test"]))
+        record = training_record(config, info)
+        generator.save(run.root, training=record)
+        if config.export:
+            info["exported"] = str(generator.save(config.export, training=record))
+            log(f"exported the box U-Net to {info['exported']}")
+        run.write_json(info)
+        run.write_text("report.md", report(info))
+        log(f"run folder: {run.root} (box_unet.safetensors + box_unet.json, run.json, report.md)")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return BoxRunResult(run.root, load_box_generator(run.root, device=accelerator.device), info)
+
+
+def _save_best(run: RunFolder, net: nn.Module, spec: Any, config: BoxUNetTrainConfig) -> None:
+    """The U-Net's two files into ``checkpoints/best`` (the whole folder replaced at once)."""
+    if not run.is_main:
+        return
+    tmp = run.checkpoints / ".best.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    UNetBoxGenerator(net, spec, **config.boxes, device=next(net.parameters()).device).save(tmp)
+    net.train()
+    replace_dir(tmp, run.best)
+
+
+def _check_checkpoint(path: Path, net: nn.Module) -> None:
+    """``path`` holds this U-Net's whole state (weights and, with batch norm, running statistics)."""
+    from safetensors import safe_open
+
+    file = path / "model.safetensors"
+    if not file.is_file():
+        raise ConfigError(f"{path}: not a samliver training checkpoint (no model.safetensors)")
+    with safe_open(str(file), framework="pt") as handle:
+        saved = set(handle.keys())
+    wanted = set(net.state_dict())
+    if saved != wanted:
+        raise ConfigError(f"{path}: the checkpoint's tensors do not fit this U-Net "
+                          f"(missing {sorted(wanted - saved)[:2]}, "
+                          f"unexpected {sorted(saved - wanted)[:2]}); was it made by another run?")
+
+
+def _check_same_network(previous: dict[str, Any] | None, network: dict[str, Any]) -> None:
+    if previous is not None and previous.get("network") not in (None, network):
+        raise ConfigError(f"cannot resume: the run trained the U-Net {previous['network']}, this config asks for "
+                          f"{network}")
+
+
+def held_out_test(generator: UNetBoxGenerator, spec: str,
+                  sizes_mm2: Sequence[float] = (100.0, 300.0, 1000.0)) -> dict[str, Any]:
+    """Box recall and precision (`box_recall`, at the generator's own parameters) and 3D Dice of the U-Net's
+    argmax, on the original grid of each case of dataset ``spec``; recall pooled over all objects, for objects
+    of at least the generator's ``min_area_mm2`` and, in ``recall_by_size``, of at least each of ``sizes_mm2``."""
+    dataset = load_dataset(spec)
+    minima = [generator.min_area_mm2, *[float(s) for s in sizes_mm2 if s > generator.min_area_mm2]]
+    pooled = {(c, m): {"objects": 0, "found": 0, "boxes": 0, "hits": 0} for c in ("liver", "tumor") for m in minima}
+    cases = {}
+    for i in range(len(dataset)):
+        case = dataset[i]
+        hu, spacing, label = case.image.array, case.image.spacing, np.asarray(case.label)
+        probs = generator.probabilities(hu)
+        prompts = boxes_from_probabilities(probs, spacing, **generator.box_params)    # = generator(hu, spacing)
+        for minimum in minima:
+            found = box_recall(prompts, label, spacing, min_area_mm2=minimum, margin_mm=generator.margin_mm)
+            for cls, row in found.items():
+                total = pooled[cls, minimum]
+                for key, name in (("objects", "objects"), ("found", "found"), ("boxes", "boxes"),
+                                  ("hits", "true_boxes")):
+                    total[key] += row[name]
+            if minimum == generator.min_area_mm2:
+                dice = dice_per_class(probs.argmax(1).astype(np.uint8), label)
+                cases[case.name] = {"dice": [None if math.isnan(d) else round(d, 4) for d in dice], **found}
+
+    def summary(p: dict[str, int]) -> dict[str, Any]:
+        return {"objects": p["objects"], "recall": p["found"] / p["objects"] if p["objects"] else None,
+                "boxes": p["boxes"], "precision": p["hits"] / p["boxes"] if p["boxes"] else None}
+
+    by_size = {f">={m:g}mm2": {c: summary(pooled[c, m])["recall"] for c in ("liver", "tumor")} for m in minima}
+    return {"data": spec, "box_params": generator.box_params, "recall_rule": "box holds >= 90 % of the object's "
+            "pixels and its IoU with the object's tight box grown by margin_mm is >= 0.5; objects >= min_area_mm2",
+            **{c: summary(pooled[c, generator.min_area_mm2]) for c in ("liver", "tumor")},
+            "recall_by_size": by_size, "cases": cases}
+
+
+def training_record(config: BoxUNetTrainConfig, info: dict[str, Any]) -> dict[str, Any]:
+    """What the exported JSON says about how the U-Net was made."""
+    from samliver.data.generated import parse_phantom_spec
+
+    def seeds(spec: str | None) -> list[int] | None:
+        if not spec or not spec.startswith("phantom"):
+            return None
+        _, n, first = parse_phantom_spec(spec)
+        return None if n is None else [first, first + n - 1]
+
+    return {"data": config.data, "data_seed_range": seeds(config.data), "test_data": config.test_data,
+            "test_seed_range": seeds(config.test_data), "split": info["data"],
+            "steps": info.get("steps"), "best_step": info.get("best_step"),
+            "best_val_score": info.get("best_val_score"), "validation": info.get("validation"),
+            "held_out": {k: v for k, v in (info.get("test") or {}).items() if k != "cases"} or None,
+            "config": config.to_dict(), "samliver_version": info.get("samliver_version"),
+            "torch": info.get("torch"), "monai": info.get("monai"), "train_slices": info.get("train_slices")}
+
+
+def recall_table(test: dict[str, Any]) -> str:
+    lines = [f"held-out {test['data']}: box recall / precision ({test['box_params']})"]
+    for cls in ("liver", "tumor"):
+        r = test[cls]
+        lines.append(f"  {cls:<6} {r['objects']:4d} objects  recall {_fmt(r['recall'])}  "
+                     f"{r['boxes']:4d} boxes  precision {_fmt(r['precision'])}")
+    for size, row in test.get("recall_by_size", {}).items():
+        lines.append(f"  objects {size}: recall liver {_fmt(row['liver'])}, tumour {_fmt(row['tumor'])}")
+    return "\n".join(lines)
+
+
+def report(info: dict[str, Any]) -> str:
+    cfg = info["config"]
+    lines = ["# samliver box U-Net training run", "",
+             f"- network: {info['network']} ({info['parameters']:,} parameters)",
+             f"- data: `{cfg['data']}`: {len(info['data']['train'])} train / {len(info['data']['val'])} val cases "
+             f"({info['train_slices']} training slices)",
+             f"- {info['steps']} steps of batch {cfg['batch_size']} x {info['num_processes']} process(es), "
+             f"lr {cfg['lr']} ({cfg['scheduler']}), loss {cfg['loss']}, seed {cfg['seed']}",
+             f"- exported: best validation score {_fmt(info.get('best_val_score'))} at step {info['best_step']}",
+             "", "| step | liver Dice | tumour Dice |", "|---:|---:|---:|"]
+    lines += [f"| {e['step']} | {_fmt(e['val/liver_dice'])} | {_fmt(e['val/tumor_dice'])} |"
+              for e in info["validation"]]
+    if "test" in info:
+        lines += ["", "```", recall_table(info["test"]), "```"]
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+__all__ = ["BoxRunResult", "held_out_test", "train_box_unet"]
