@@ -17,7 +17,7 @@ from typing import Any, Union
 import numpy as np
 
 from .cli import OPTIONS, _unknown_flags
-from .config import ConfigError, _choice
+from .config import ConfigError, _choice, check_loop_settings
 from .resolution import _build, dotted, merge, parse_assignment, read_yaml
 
 #: the default config; not under configs/train/, whose presets are `train_adapter.py` configs
@@ -100,17 +100,7 @@ class BoxUNetTrainConfig:
         from samliver.errors import PromptError
         from samliver.prompts.unet_boxes import BOX_PARAMS, check_params
 
-        for key in ("max_steps", "batch_size", "gradient_accumulation_steps", "log_every"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key} must be at least 1, got {getattr(self, key)}")
-        for key in ("eval_every", "checkpoint_every", "warmup_steps", "num_workers", "keep_checkpoints"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"{key} must be 0 or more, got {getattr(self, key)}")
-        if not self.lr > 0:
-            raise ConfigError(f"lr must be positive, got {self.lr}")
-        _choice("scheduler", self.scheduler, ("cosine", "linear", "constant"))
-        _choice("mixed_precision", self.mixed_precision, (None, "no", "fp16", "bf16"))
-        _choice("log_with", self.log_with, (None, "none", "tensorboard", "wandb", "comet_ml", "mlflow", "aim", "all"))
+        check_loop_settings(self)
         _choice("loss", self.loss, ("dice_ce", "dice_focal"))
         if len(self.class_weights) != 3 or not all(isinstance(w, (int, float)) and w > 0 for w in self.class_weights):
             raise ConfigError(f"class_weights: need 3 positive weights (background, liver, tumour), "

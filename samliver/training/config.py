@@ -195,18 +195,9 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Check values that do not depend on files; raises ConfigError naming the key."""
-        positive = ("max_steps", "batch_size", "gradient_accumulation_steps", "embedding_batch_size", "log_every")
-        for key in positive:
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key} must be at least 1, got {getattr(self, key)}")
-        for key in ("eval_every", "checkpoint_every", "warmup_steps", "num_workers", "keep_checkpoints"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"{key} must be 0 or more, got {getattr(self, key)}")
-        if not self.lr > 0:
-            raise ConfigError(f"lr must be positive, got {self.lr}")
-        _choice("scheduler", self.scheduler, ("cosine", "linear", "constant"))
-        _choice("mixed_precision", self.mixed_precision, (None, "no", "fp16", "bf16"))
-        _choice("log_with", self.log_with, (None, "none", "tensorboard", "wandb", "comet_ml", "mlflow", "aim", "all"))
+        check_loop_settings(self)
+        if self.embedding_batch_size < 1:
+            raise ConfigError(f"embedding_batch_size must be at least 1, got {self.embedding_batch_size}")
         _choice("loss.head", self.loss.head, ("dice_ce", "dice_focal"))
         if self.tumor_fraction is not None and not 0.0 <= self.tumor_fraction <= 1.0:
             raise ConfigError(f"tumor_fraction must lie in [0, 1], got {self.tumor_fraction}")
@@ -226,6 +217,22 @@ class TrainConfig:
         check_method(self.method, self.method_config)
         check_model(self.model)
         return self
+
+
+def check_loop_settings(config: Any) -> None:
+    """The step, schedule and logging values every trainer here shares (`TrainConfig`, the box U-Net's
+    config); raises ConfigError naming the key."""
+    for key in ("max_steps", "batch_size", "gradient_accumulation_steps", "log_every"):
+        if getattr(config, key) < 1:
+            raise ConfigError(f"{key} must be at least 1, got {getattr(config, key)}")
+    for key in ("eval_every", "checkpoint_every", "warmup_steps", "num_workers", "keep_checkpoints"):
+        if getattr(config, key) < 0:
+            raise ConfigError(f"{key} must be 0 or more, got {getattr(config, key)}")
+    if not config.lr > 0:
+        raise ConfigError(f"lr must be positive, got {config.lr}")
+    _choice("scheduler", config.scheduler, ("cosine", "linear", "constant"))
+    _choice("mixed_precision", config.mixed_precision, (None, "no", "fp16", "bf16"))
+    _choice("log_with", config.log_with, (None, "none", "tensorboard", "wandb", "comet_ml", "mlflow", "aim", "all"))
 
 
 def _choice(key: str, value: Any, allowed: tuple) -> None:
