@@ -16,7 +16,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from .cli import OPTIONS, _unknown_flags
+from .cli import OPTIONS, _unknown_flags, option_overrides
 from .config import ConfigError, _choice, check_loop_settings
 from .resolution import _build, dotted, merge, parse_assignment, read_yaml
 
@@ -176,12 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
     """Config overrides from parsed flags (only those given)."""
-    out: dict[str, Any] = {}
-    for _, key, _, _ in BOX_OPTIONS:
-        value = getattr(args, key)
-        if value is not None:
-            value = None if key in _NULLABLE and str(value).lower() in ("", "none", "null") else value
-            out = merge(out, dotted(key, value))
+    out = option_overrides(args, BOX_OPTIONS, _NULLABLE)
     if args.cpu:
         out["cpu"] = True
     for text in args.set:

@@ -86,14 +86,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
-    """Config overrides from parsed flags (only those given)."""
+def option_overrides(args: argparse.Namespace, options, nullable) -> dict[str, Any]:
+    """Config overrides from the value flags of ``options`` that were given (``nullable`` keys: "none" -> None);
+    shared by ``train_adapter.py`` and ``train_box_unet.py``."""
     out: dict[str, Any] = {}
-    for _, key, _, _ in OPTIONS:
+    for _, key, _, _ in options:
         value = getattr(args, key)
         if value is not None:
-            value = None if key in NULLABLE and str(value).lower() in ("", "none", "null") else value
+            value = None if key in nullable and str(value).lower() in ("", "none", "null") else value
             out = merge(out, dotted(key, value))   # dotted keys (pseudo_labels.rounds) nest
+    return out
+
+
+def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
+    """Config overrides from parsed flags (only those given)."""
+    out = option_overrides(args, OPTIONS, NULLABLE)
     for key in ("gradient_checkpointing", "cpu"):
         if getattr(args, key):
             out[key] = True
