@@ -4,8 +4,9 @@ never downloading, with a per-text embedding cache.
 A `TextTowerSpec` names it: an open_clip model name, a ``hf-hub:``/``local-dir:`` model, or a
 model-config ``.json`` file, with weights from a local file, an open_clip pretrained tag, or
 ``"random"`` (seeded random weights, for tests). ``hf-hub:`` models and tags are read from the local
-Hugging Face cache only. The bundled config ``samliver-tiny-text`` (``configs/clip/``: 64 wide,
-2 layers, a 32-token context) is the test tower.
+Hugging Face cache only (a cached ``hf-hub:`` config without its weights is refused, not built with
+random weights as open_clip would). The bundled config ``samliver-tiny-text`` (``configs/clip/``:
+64 wide, 2 layers, a 32-token context) is the test tower.
 """
 
 from __future__ import annotations
@@ -23,6 +24,11 @@ from samliver.errors import PromptError, SamliverError
 
 #: the bundled tiny tower config (tests), registered with open_clip on first use
 TINY_TOWER = "samliver-tiny-text"
+#: the weights files open_clip's ``hf-hub:`` loader looks for (open_clip.constants HF_SAFE_WEIGHTS_NAME,
+#: HF_WEIGHTS_NAME); without one in the cache it only logs a warning and builds random weights
+HF_HUB_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+#: weights file suffixes open_clip's ``local-dir:`` loader looks for in the folder
+LOCAL_DIR_WEIGHTS = (".safetensors", ".bin", ".pth")
 
 
 class TextTowerError(SamliverError, ValueError):
@@ -64,10 +70,13 @@ class ClipTextTower:
             self.embed_dim = int(self.model.encode_text(self.tokenizer(["x"])).shape[-1])
 
     def token_count(self, text: str) -> int:
-        """Tokens of ``text`` before truncation, special tokens included (tokenised with room to spare;
-        every tokenizer open_clip uses pads with 0)."""
+        """Tokens of ``text`` before truncation, special tokens included: tokenised with room to spare,
+        so the last id is padding, and the trailing run of that id is cut (the pad id differs between
+        tokenizers: 0 for open_clip's own, 1 for SigLIP's c4 and RoBERTa-style Hugging Face ones)."""
         room = self.context_length + len(text.encode("utf-8")) + 8
-        return int(torch.count_nonzero(self.tokenizer([text], context_length=room)))
+        ids = self.tokenizer([text], context_length=room)[0]
+        kept = torch.nonzero(ids != ids[-1])
+        return int(kept[-1]) + 1 if len(kept) else 0
 
     def encode(self, texts: Sequence[str]) -> torch.Tensor:
         """Embeddings ``(N, E)`` float32 (L2-normalised, CPU) of ``texts``; each text is encoded once.
@@ -122,19 +131,51 @@ def check_tower_source(spec: TextTowerSpec) -> None:
     model, ckpt = spec.model, spec.checkpoint
     if model.endswith(".json") and not Path(model).is_file():
         raise TextTowerError(f"text tower config {model}: no such file")
-    if model.startswith("local-dir:") and not (Path(model.split(":", 1)[1]) / "open_clip_config.json").is_file():
-        raise TextTowerError(f"{spec.describe()}: no open_clip_config.json in {model.split(':', 1)[1]}")
+    if model.startswith("local-dir:"):
+        folder = Path(model.split(":", 1)[1])
+        if not (folder / "open_clip_config.json").is_file():
+            raise TextTowerError(f"{spec.describe()}: no open_clip_config.json in {folder}")
+        if ckpt is None:
+            _check_local_weights(spec, folder)
     if model.startswith("hf-hub:"):
-        from huggingface_hub import try_to_load_from_cache
-
         repo = model.split(":", 1)[1]
-        if not isinstance(try_to_load_from_cache(repo, "open_clip_config.json"), str):
+        if not _in_hub_cache(spec, repo, "open_clip_config.json"):
             raise TextTowerError(f"{spec.describe()}: not in the local Hugging Face cache (samliver never downloads "
                                  f"it); fetch it first, e.g. `huggingface-cli download {repo}`")
+        if ckpt is None:
+            _check_hub_weights(spec, repo)
     looks_like_file = ckpt is not None and ("/" in ckpt or "\\" in ckpt
                                             or ckpt.endswith((".pt", ".pth", ".bin", ".safetensors")))
     if looks_like_file and not Path(ckpt).is_file():
         raise TextTowerError(f"{spec.describe()}: weights file {ckpt} not found")
+
+
+def _in_hub_cache(spec: TextTowerSpec, repo: str, filename: str) -> bool:
+    """Whether ``filename`` of ``repo`` is in the local Hugging Face cache (TextTowerError for a malformed repo id)."""
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        return isinstance(try_to_load_from_cache(repo, filename), str)
+    except HFValidationError:
+        raise TextTowerError(f"{spec.describe()}: {repo!r} is not a Hugging Face repo id (ORG/NAME)") from None
+
+
+def _check_hub_weights(spec: TextTowerSpec, repo: str) -> None:
+    """TextTowerError unless one of `HF_HUB_WEIGHTS` of ``repo`` is in the local Hugging Face cache."""
+    if not any(_in_hub_cache(spec, repo, name) for name in HF_HUB_WEIGHTS):
+        raise TextTowerError(f"{spec.describe()}: the local Hugging Face cache has its open_clip_config.json but no "
+                             f"weights ({' or '.join(HF_HUB_WEIGHTS)}); fetch them first, e.g. "
+                             f"`huggingface-cli download {repo}` (or give checkpoint 'random')")
+
+
+def _check_local_weights(spec: TextTowerSpec, folder: Path) -> None:
+    """TextTowerError unless ``folder`` holds a weights file open_clip's ``local-dir:`` loader would take
+    (``*.safetensors``, ``*.bin``, ``*.pth``); without one it only logs a warning and builds random weights."""
+    if not any(any(folder.glob(f"*{suffix}")) for suffix in LOCAL_DIR_WEIGHTS):
+        patterns = ", ".join("*" + suffix for suffix in LOCAL_DIR_WEIGHTS)
+        raise TextTowerError(f"{spec.describe()}: {folder} has open_clip_config.json but no weights file "
+                             f"({patterns}); give checkpoint 'random' for random weights")
 
 
 @contextlib.contextmanager
@@ -182,6 +223,11 @@ def _create_kwargs(spec: TextTowerSpec, name: str) -> dict:
         if ckpt is not None:
             raise TextTowerError(f"{spec.describe()}: {name.split(':')[0]} models carry their own weights; "
                                  "leave checkpoint empty (or 'random')")
+        repo = name.split(":", 1)[1]
+        if name.startswith("hf-hub:") and _in_hub_cache(spec, repo, "open_clip_config.json"):  # else open_clip says why
+            _check_hub_weights(spec, repo)
+        if name.startswith("local-dir:") and Path(repo).is_dir():
+            _check_local_weights(spec, Path(repo))
         return {}
     if ckpt is None:
         tags = ", ".join(open_clip.list_pretrained_tags_by_model(name)) or "none"

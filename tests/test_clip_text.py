@@ -18,6 +18,7 @@ from samliver.errors import PromptError
 from samliver.prompts import Prompts
 from samliver.prompts.clip_text import (TINY_TOWER, TextPrompter, TextTowerError, TextTowerSpec,
                                         TextTruncationWarning, attach_text_prompts, text_tokens, text_tower)
+from samliver.prompts.clip_tower import check_tower_source
 
 TOWER = TextTowerSpec(TINY_TOWER, "random", seed=0)
 DESCRIPTIONS = {"liver": ["liver", "the liver"], "tumor": ["liver tumor", "hepatic lesion"]}
@@ -86,6 +87,21 @@ def test_local_weights_file_and_json_config(tmp_path):
     (tmp_path / "my-text.json").write_text((ROOT / "clip" / f"{TINY_TOWER}.json").read_text())
     from_file = text_tower(TextTowerSpec(str(tmp_path / "my-text.json"), str(tmp_path / "tower.safetensors")))
     torch.testing.assert_close(from_file.encode(["hepatic lesion"]), tower.encode(["hepatic lesion"]),
+                               rtol=0, atol=1e-6)
+    # an open_clip local-dir: folder (open_clip_config.json + weights) builds it too; without weights it is
+    # refused (open_clip itself would only log a warning and build random weights)
+    folder = tmp_path / "my-clip"
+    folder.mkdir()
+    config = {"model_cfg": json.loads((ROOT / "clip" / f"{TINY_TOWER}.json").read_text())}
+    (folder / "open_clip_config.json").write_text(json.dumps(config))
+    spec = TextTowerSpec(f"local-dir:{folder}")
+    with pytest.raises(TextTowerError, match=r"my-clip has open_clip_config.json but no weights file \(\*.safetensors"):
+        check_tower_source(spec)
+    with pytest.raises(TextTowerError, match="but no weights file"):
+        text_tower(spec)
+    (tmp_path / "tower.safetensors").rename(folder / "open_clip_model.safetensors")
+    check_tower_source(spec)
+    torch.testing.assert_close(text_tower(spec).encode(["hepatic lesion"]), tower.encode(["hepatic lesion"]),
                                rtol=0, atol=1e-6)
 
 
