@@ -5,7 +5,9 @@ probabilities):
 
 1. threshold each class's probability (``p >= threshold``); the liver class is the whole organ, so its
    probability is ``p(liver) + p(tumour)`` (LiTS nesting: a tumour lies inside the liver and the liver
-   object covers it, as `samliver.data.objects_from_label` makes the training objects);
+   object covers it, as `samliver.data.objects_from_label` makes the training objects); optionally with
+   hysteresis: pixels with ``p >= low_threshold`` join where their per-slice 8-connected region holds a
+   pixel above ``threshold`` (a coarse network's faint lesion rims then count towards the area and box);
 2. optional 3D persistence: a voxel is kept only if its 3D connected component (26-connected) spans at
    least ``min_slices`` slices, which removes single-slice specks;
 3. per slice, 8-connected components; components smaller than ``min_area_mm2`` (pixel count x row
@@ -15,7 +17,8 @@ probabilities):
    pixels along each axis, so anisotropic pixels get different pixel margins) and clipped to the slice.
 
 Hand-written: MONAI's ``KeepLargestConnectedComponent`` / ``RemoveSmallObjects`` work in voxels, not
-mm, and neither gives boxes.
+mm, and neither gives boxes; skimage's ``apply_hysteresis_threshold`` uses strict ``>`` and face
+connectivity over the whole array, not the ``>=`` and per-slice 8-connectivity of this rule.
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ from samliver.errors import PromptError
 from .types import Prompts
 
 LIVER, TUMOR = 1, 2
+#: default smallest per-slice component, mm²: about a 10 mm disc (pi x 5² = 78.5 mm²), RECIST 1.1's smallest
+#: measurable lesion on CT; smaller cross-sections (lesion tips, 5 mm nodules) are not prompted
+MIN_AREA_MM2 = 80.0
 _EIGHT = np.ones((3, 3), bool)
 _TWENTY_SIX = np.ones((3, 3, 3), bool)
 
@@ -45,15 +51,35 @@ def check_spacing(spacing: Sequence[float]) -> tuple[float, float, float]:
     return values  # type: ignore[return-value]
 
 
-def class_masks(probabilities: np.ndarray, threshold: float = 0.5) -> dict[int, np.ndarray]:
+def class_masks(probabilities: np.ndarray, threshold: float = 0.5,
+                low_threshold: float | None = None) -> dict[int, np.ndarray]:
     """``{1: liver (Z, Y, X) bool, 2: tumour (Z, Y, X) bool}`` from softmax probabilities ``(Z, 3, Y, X)``
-    (channels background, liver, tumour): liver where ``p1 + p2 >= threshold``, tumour where ``p2 >= threshold``."""
+    (channels background, liver, tumour): liver where ``p1 + p2 >= threshold``, tumour where ``p2 >= threshold``;
+    with ``low_threshold`` (<= threshold), grown by `hysteresis` to the pixels at or above it."""
     probs = np.asarray(probabilities)
     if probs.ndim != 4 or probs.shape[1] != 3:
         raise PromptError(f"probabilities: expected (Z, 3, Y, X) for background, liver, tumour; got {probs.shape}")
     if not 0.0 < float(threshold) < 1.0:
         raise PromptError(f"threshold: must lie strictly between 0 and 1, got {threshold}")
-    return {LIVER: (probs[:, 1] + probs[:, 2]) >= threshold, TUMOR: probs[:, 2] >= threshold}
+    if low_threshold is not None and not 0.0 < float(low_threshold) <= float(threshold):
+        raise PromptError(f"low_threshold: must lie in (0, threshold {threshold}], got {low_threshold}")
+    per_class = {LIVER: probs[:, 1] + probs[:, 2], TUMOR: probs[:, 2]}
+    if low_threshold is None:
+        return {label: p >= threshold for label, p in per_class.items()}
+    return {label: hysteresis(p >= threshold, p >= low_threshold) for label, p in per_class.items()}
+
+
+def hysteresis(strong: np.ndarray, weak: np.ndarray) -> np.ndarray:
+    """``weak`` ``(Z, Y, X)`` bool kept only in its per-slice 8-connected regions that hold a ``strong`` pixel
+    (``strong`` lies within ``weak``)."""
+    out = np.zeros_like(weak)
+    for z in np.flatnonzero(strong.any(axis=(1, 2))):
+        regions, n = ndimage.label(weak[z], structure=_EIGHT)
+        keep = np.zeros(n + 1, bool)
+        keep[regions[strong[z]]] = True
+        keep[0] = False
+        out[z] = keep[regions]
+    return out
 
 
 def persistent(mask: np.ndarray, min_slices: int) -> np.ndarray:
@@ -91,7 +117,7 @@ def slice_boxes(mask_2d: np.ndarray, spacing_yx: tuple[float, float], margin_mm:
 
 
 def boxes_from_masks(masks: Mapping[int, np.ndarray], spacing: Sequence[float], margin_mm: float = 3.0,
-                     min_area_mm2: float = 30.0, min_slices: int = 1) -> dict[int, Prompts]:
+                     min_area_mm2: float = MIN_AREA_MM2, min_slices: int = 1) -> dict[int, Prompts]:
     """One box per component per slice of class masks (see the module docstring, steps 2-4).
 
     Args:
@@ -127,15 +153,16 @@ def boxes_from_masks(masks: Mapping[int, np.ndarray], spacing: Sequence[float], 
 
 
 def boxes_from_probabilities(probabilities: np.ndarray, spacing: Sequence[float], threshold: float = 0.5,
-                             margin_mm: float = 3.0, min_area_mm2: float = 30.0,
-                             min_slices: int = 1) -> dict[int, Prompts]:
+                             margin_mm: float = 3.0, min_area_mm2: float = MIN_AREA_MM2,
+                             min_slices: int = 1, low_threshold: float | None = None) -> dict[int, Prompts]:
     """Boxes from softmax probabilities ``(Z, 3, Y, X)`` (background, liver, tumour) of a volume with
     ``spacing`` ``(z, y, x)`` mm: `class_masks` then `boxes_from_masks`."""
-    return boxes_from_masks(class_masks(probabilities, threshold), spacing, margin_mm, min_area_mm2, min_slices)
+    return boxes_from_masks(class_masks(probabilities, threshold, low_threshold), spacing, margin_mm, min_area_mm2,
+                            min_slices)
 
 
 def box_recall(prompts: Mapping[int, Prompts], label: np.ndarray, spacing: Sequence[float],
-               min_area_mm2: float = 30.0, coverage: float = 0.9, margin_mm: float = 3.0,
+               min_area_mm2: float = MIN_AREA_MM2, coverage: float = 0.9, margin_mm: float = 3.0,
                min_iou: float = 0.5) -> dict[str, dict[str, float | int | None]]:
     """How many true objects the boxes find: per class, the fraction of ground-truth objects (per-slice
     8-connected components of the liver, labels 1 and 2, and of the tumour, label 2) of at least

@@ -27,14 +27,18 @@ from torch import nn
 
 from samliver.errors import PromptError, WeightsNotFoundError
 
-from .component_boxes import LIVER, TUMOR, boxes_from_masks, check_spacing
+from .component_boxes import LIVER, MIN_AREA_MM2, TUMOR, boxes_from_masks, check_spacing, class_masks
 from .types import Prompts
 from .unet_model import BoxUNetSpec, build_unet, grey_slices, read_files, stacks, write_files
 
 BUNDLED_NAME = "box_unet_phantom"
 BUNDLED_TRAIN = "bash scripts/train_box_unet.sh"
-#: box parameters a generator has; saved with it as its defaults
-BOX_PARAMS = ("threshold", "margin_mm", "min_area_mm2", "min_slices")
+#: box parameters a generator has (`boxes_from_masks`'s)
+BOX_PARAMS = ("threshold", "margin_mm", "min_area_mm2", "min_slices", "low_threshold")
+#: what a generator saves as its defaults: the box parameters and test-time mirroring
+SAVED_PARAMS = (*BOX_PARAMS, "mirror")
+#: flips (dims of a ``(B, C, S, S)`` batch) averaged by test-time mirroring: none, columns, rows, both
+MIRRORS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
 
 
 class UNetBoxGenerator:
@@ -44,23 +48,32 @@ class UNetBoxGenerator:
         net: the MONAI U-Net (`samliver.prompts.unet_model.build_unet`), trained or not.
         spec: its `BoxUNetSpec` (input size, context slices, CT window).
         threshold: class probability at or above which a pixel belongs to the class (liver: p(liver) + p(tumour)).
+        low_threshold: hysteresis (`samliver.prompts.component_boxes.class_masks`): pixels at or above it join a
+            component above ``threshold`` they touch in the slice (None: off).
         margin_mm: each box grows by this many mm on every side.
         min_area_mm2: per-slice components smaller than this are dropped.
         min_slices: a component must belong to a 3D component spanning at least this many slices (1: off).
+        mirror: test-time mirroring: average the softmax over each slice and its row, column and row+column
+            mirror images (4 forward passes; the training flips both axes), as nnU-Net predicts.
         batch_size: slices per forward pass.
         device: where the network runs.
         record: the saved JSON (training info), kept for `save`.
     """
 
     def __init__(self, net: nn.Module, spec: BoxUNetSpec, threshold: float = 0.5, margin_mm: float = 3.0,
-                 min_area_mm2: float = 30.0, min_slices: int = 2, batch_size: int = 16,
-                 device: str | torch.device = "cpu", record: dict[str, Any] | None = None) -> None:
+                 min_area_mm2: float = MIN_AREA_MM2, min_slices: int = 2, low_threshold: float | None = None,
+                 mirror: bool = False, batch_size: int = 16, device: str | torch.device = "cpu",
+                 record: dict[str, Any] | None = None) -> None:
         check_params(threshold=threshold, margin_mm=margin_mm, min_area_mm2=min_area_mm2, min_slices=min_slices,
-                     batch_size=batch_size)
+                     low_threshold=low_threshold, mirror=mirror, batch_size=batch_size)
+        if low_threshold is not None and low_threshold > threshold:
+            raise PromptError(f"low_threshold: must not exceed threshold {threshold}, got {low_threshold}")
         self.spec = spec
         self.net = net.eval()
         self.threshold, self.margin_mm = float(threshold), float(margin_mm)
         self.min_area_mm2, self.min_slices = float(min_area_mm2), int(min_slices)
+        self.low_threshold = None if low_threshold is None else float(low_threshold)
+        self.mirror = bool(mirror)
         self.batch_size = int(batch_size)
         self.record = dict(record or {})
         self.to(device)
@@ -72,7 +85,13 @@ class UNetBoxGenerator:
 
     @property
     def box_params(self) -> dict[str, float | int]:
+        """The `BOX_PARAMS` (keyword arguments of `boxes_from_probabilities`)."""
         return {name: getattr(self, name) for name in BOX_PARAMS}
+
+    @property
+    def settings(self) -> dict[str, float | int | bool]:
+        """The `SAVED_PARAMS`: what `save` records as the loaded generator's defaults."""
+        return {name: getattr(self, name) for name in SAVED_PARAMS}
 
     def _input(self, hu: np.ndarray) -> np.ndarray:
         hu = np.asarray(hu)
@@ -87,7 +106,17 @@ class UNetBoxGenerator:
         with torch.inference_mode():
             for start in range(0, grey.shape[0], self.batch_size):
                 batch = stacks(grey, range(start, min(start + self.batch_size, grey.shape[0])), self.spec.context)
-                yield start, torch.softmax(self.net(batch.to(self.device)).float(), dim=1)
+                yield start, self._softmax(batch.to(self.device))
+
+    def _softmax(self, batch: torch.Tensor) -> torch.Tensor:
+        """Class probabilities ``(B, 3, S, S)`` of ``batch`` ``(B, C, S, S)``, averaged over `MIRRORS` if mirroring."""
+        flips = MIRRORS if self.mirror else ((),)
+        total = None
+        for dims in flips:
+            probs = torch.softmax(self.net(batch.flip(dims) if dims else batch).float(), dim=1)
+            probs = probs.flip(dims) if dims else probs
+            total = probs if total is None else total + probs
+        return total / len(flips)
 
     def probabilities(self, hu: np.ndarray) -> np.ndarray:
         """Softmax probabilities ``(Z, 3, Y, X)`` float32 (background, liver, tumour) at the input's size,
@@ -106,10 +135,9 @@ class UNetBoxGenerator:
         z, h, w = np.shape(hu)
         out = {LIVER: np.zeros((z, h, w), bool), TUMOR: np.zeros((z, h, w), bool)}
         for start, probs in self._low_res(grey):
-            full = _resize(probs, (h, w))
-            stop = start + len(full)
-            out[LIVER][start:stop] = ((full[:, 1] + full[:, 2]) >= self.threshold).cpu().numpy()
-            out[TUMOR][start:stop] = (full[:, 2] >= self.threshold).cpu().numpy()
+            found = class_masks(_resize(probs, (h, w)).cpu().numpy(), self.threshold, self.low_threshold)
+            for label, mask in found.items():
+                out[label][start:start + len(mask)] = mask
         return out
 
     def __call__(self, hu: np.ndarray, spacing: Sequence[float]) -> dict[int, Prompts]:
@@ -121,28 +149,36 @@ class UNetBoxGenerator:
     def save(self, path: str | Path, training: dict[str, Any] | None = None) -> Path:
         """Write ``NAME.safetensors`` + ``NAME.json`` for ``path = .../NAME.safetensors`` (or ``.json``), else
         ``box_unet.safetensors`` + ``box_unet.json`` into folder ``path`` (created); returns the safetensors
-        path. The box parameters are saved as the loaded generator's defaults."""
+        path. The box parameters and ``mirror`` are saved as the loaded generator's defaults."""
         record = {k: v for k, v in self.record.items() if k in ("training",)}
         if training is not None:
             record["training"] = training
-        return write_files(self.net, self.spec, path, {"boxes": self.box_params, **record})
+        return write_files(self.net, self.spec, path, {"boxes": self.settings, **record})
 
     def __repr__(self) -> str:
-        params = ", ".join(f"{k}={v}" for k, v in self.box_params.items())
+        params = ", ".join(f"{k}={v}" for k, v in self.settings.items())
         return (f"UNetBoxGenerator({self.spec.input_size} px, {self.spec.in_channels} channel(s), "
                 f"window {self.spec.window}, {params})")
 
 
 def check_params(**params: Any) -> None:
-    """Check box parameters (any of `BOX_PARAMS` and ``batch_size``); raises `PromptError` naming the bad one."""
+    """Check generator parameters (any of `SAVED_PARAMS` and ``batch_size``); raises `PromptError` naming
+    the bad one."""
+    if "mirror" in params and not isinstance(params["mirror"], (bool, np.bool_)):
+        raise PromptError(f"mirror: must be true or false, got {params['mirror']!r}")
+    if params.get("low_threshold", 0.5) is None:
+        params = {k: v for k, v in params.items() if k != "low_threshold"}
     rules = {"threshold": (lambda v: 0.0 < v < 1.0, "must lie strictly between 0 and 1"),
+             "low_threshold": (lambda v: 0.0 < v < 1.0, "must lie strictly between 0 and 1 (or be null: off)"),
              "margin_mm": (lambda v: v >= 0, "must be 0 or more (mm)"),
              "min_area_mm2": (lambda v: v >= 0, "must be 0 or more (mm²)"),
              "min_slices": (lambda v: v >= 1 and float(v).is_integer(), "must be a whole number of slices >= 1"),
              "batch_size": (lambda v: v >= 1 and float(v).is_integer(), "must be a whole number >= 1")}
     for name, value in params.items():
+        if name == "mirror":
+            continue
         if name not in rules:
-            raise PromptError(f"unknown box parameter {name!r}; known: {', '.join(rules)}")
+            raise PromptError(f"unknown box parameter {name!r}; known: {', '.join([*rules, 'mirror'])}")
         ok, text = rules[name]
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value) or not ok(value):
             raise PromptError(f"{name}: {text}, got {value!r}")
@@ -162,8 +198,8 @@ def load_box_generator(path: str | Path, device: str | torch.device = "cpu", inp
 
     Args:
         input_size, in_channels: refuse a checkpoint made for another input size / channel count.
-        box_params: override the saved ``threshold``, ``margin_mm``, ``min_area_mm2``, ``min_slices``
-            (and ``batch_size``).
+        box_params: override the saved ``threshold``, ``low_threshold``, ``margin_mm``, ``min_area_mm2``,
+            ``min_slices``, ``mirror`` (and ``batch_size``).
 
     Raises:
         CheckpointError: a missing file, or weights that do not fit their JSON or the request (one line).
@@ -172,7 +208,7 @@ def load_box_generator(path: str | Path, device: str | torch.device = "cpu", inp
     spec, state, record = read_files(path, input_size=input_size, in_channels=in_channels)
     net = build_unet(spec)
     net.load_state_dict(state)
-    saved = {k: v for k, v in dict(record.get("boxes") or {}).items() if k in BOX_PARAMS}
+    saved = {k: v for k, v in dict(record.get("boxes") or {}).items() if k in SAVED_PARAMS}
     return UNetBoxGenerator(net, spec, **{**saved, **box_params}, device=device, record=record)
 
 
@@ -196,5 +232,5 @@ def bundled_box_generator(device: str | torch.device = "cpu", **box_params: Any)
     return load_box_generator(bundled_box_path(), device=device, **box_params)
 
 
-__all__ = ["BOX_PARAMS", "BUNDLED_NAME", "UNetBoxGenerator", "bundled_box_generator", "bundled_box_path",
-           "check_params", "load_box_generator"]
+__all__ = ["BOX_PARAMS", "BUNDLED_NAME", "MIRRORS", "SAVED_PARAMS", "UNetBoxGenerator", "bundled_box_generator",
+           "bundled_box_path", "check_params", "load_box_generator"]

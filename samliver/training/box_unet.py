@@ -250,7 +250,7 @@ def train_box_unet(config: BoxUNetTrainConfig, resume: str | None = None, overwr
     accelerator.wait_for_everyone()
     info.update(status="finished", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), steps=done,
                 best_step=progress.best_step, best_val_score=progress.best_score, validation=progress.history)
-    generator = load_box_generator(run.best, device=accelerator.device)
+    generator = load_box_generator(run.best, device=accelerator.device, **config.boxes)   # this config's settings
     if accelerator.is_main_process:
         if config.final_test and config.test_data:
             info["test"] = held_out_test(generator, config.test_data)
@@ -331,7 +331,7 @@ def held_out_test(generator: UNetBoxGenerator, spec: str,
                 "boxes": p["boxes"], "precision": p["hits"] / p["boxes"] if p["boxes"] else None}
 
     by_size = {f">={m:g}mm2": {c: summary(pooled[c, m])["recall"] for c in ("liver", "tumor")} for m in minima}
-    return {"data": spec, "box_params": generator.box_params, "recall_rule": "box holds >= 90 % of the object's "
+    return {"data": spec, "box_params": generator.settings, "recall_rule": "box holds >= 90 % of the object's "
             "pixels and its IoU with the object's tight box grown by margin_mm is >= 0.5; objects >= min_area_mm2",
             **{c: summary(pooled[c, generator.min_area_mm2]) for c in ("liver", "tumor")},
             "recall_by_size": by_size, "cases": cases}

@@ -98,7 +98,7 @@ class BoxUNetTrainConfig:
     def validate(self) -> "BoxUNetTrainConfig":
         """Check values that do not depend on files; raises ConfigError naming the key."""
         from samliver.errors import PromptError
-        from samliver.prompts.unet_boxes import BOX_PARAMS, check_params
+        from samliver.prompts.unet_boxes import SAVED_PARAMS, check_params
 
         check_loop_settings(self)
         _choice("loss", self.loss, ("dice_ce", "dice_focal"))
@@ -124,9 +124,9 @@ class BoxUNetTrainConfig:
         if taken:
             raise ConfigError(f"cache.{taken[0]}: set by the network (input_size, window); "
                               "only cache.dtype may be given")
-        unknown = sorted(set(self.boxes) - set(BOX_PARAMS))
+        unknown = sorted(set(self.boxes) - set(SAVED_PARAMS))
         if unknown:
-            raise ConfigError(f"unknown boxes key {unknown[0]!r}; known: {', '.join(BOX_PARAMS)}")
+            raise ConfigError(f"unknown boxes key {unknown[0]!r}; known: {', '.join(SAVED_PARAMS)}")
         try:
             check_params(**self.boxes)
         except PromptError as exc:
