@@ -33,7 +33,7 @@ from .unet_model import BoxUNetSpec, build_unet, grey_slices, read_files, stacks
 
 BUNDLED_NAME = "box_unet_phantom"
 BUNDLED_TRAIN = "bash scripts/train_box_unet.sh"
-#: box parameters a generator has (`boxes_from_masks`'s)
+#: box parameters a generator has (keyword arguments of `boxes_from_probabilities`)
 BOX_PARAMS = ("threshold", "margin_mm", "min_area_mm2", "min_slices", "low_threshold")
 #: what a generator saves as its defaults: the box parameters and test-time mirroring
 SAVED_PARAMS = (*BOX_PARAMS, "mirror")
