@@ -32,6 +32,17 @@ def _seed():
     np.random.seed(0)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op torch thread for a test module (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    the numbers equal those of subprocesses run with OMP_NUM_THREADS=1, and the tiny models' many small ops
+    gain little from a second thread but lose a lot when another process holds a core."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def ct_like_slice(height: int, width: int, seed: int = 0) -> np.ndarray:
     """A synthetic axial slice in HU ``(H, W)``: air, a soft-tissue body, a brighter 'liver' blob."""
     rng = np.random.default_rng(seed)

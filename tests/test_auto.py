@@ -38,12 +38,7 @@ needs_bundled = pytest.mark.skipif(
 CONN = np.ones((3, 3, 3), bool)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny encoder/decoder calls: thread start-up dominates on a busy machine
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 
 from samliver.cli.main import main as samliver_main
 from samliver.errors import SamliverError
@@ -23,12 +22,7 @@ from tests.bad_inputs import CORPUS, Bad
 TOOLS = {"samliver": (samliver_main, "samliver: error: "), "train": (train_main, "train_adapter.py: error: ")}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def snapshot(root: Path) -> dict[str, str]:

@@ -24,12 +24,7 @@ TOWER = TextTowerSpec(TINY_TOWER, "random", seed=0)
 DESCRIPTIONS = {"liver": ["liver", "the liver"], "tumor": ["liver tumor", "hepatic lesion"]}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:

@@ -30,13 +30,7 @@ SIX = "box,box-jitter-5mm,point-1,point-3,clicks-3,key-slice-propagate"
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny decoder calls are dominated by thread start-up on a busy 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

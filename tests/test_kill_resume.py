@@ -31,13 +31,7 @@ DATA, TEST_DATA = "phantom:tiny?n=4&seed=0", "phantom:tiny?n=2&seed=100"
 EVAL_DATA = "phantom:tiny?n=4&seed=200"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread, as the subprocesses (OMP_NUM_THREADS=1), so both compute the same numbers."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def kill_when(proc: subprocess.Popen, ready, delay: float, timeout: float = 300) -> None:

@@ -27,12 +27,7 @@ from tests.bad_input_files import body_hu, dicom_series, liver_label, nifti, pla
 TINY = ["--model", "samliver_tiny", "--checkpoint", "random"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -24,14 +24,7 @@ TINY = "phantom:tiny?n=4&seed=0"
 TINY_TEST = "phantom:tiny?n=2&seed=100"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread, as the subprocesses here (OMP_NUM_THREADS=1): the tiny model's many small
-    ops gain little from a second thread and lose a lot when another process holds a core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _reset_accelerate() -> None:

@@ -304,14 +304,6 @@ def _losses(run_dir: Path) -> list[float]:
     return [e["loss"] for e in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "loss" in e]
 
 
-@pytest.fixture()
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_training_learns_exports_and_resumes_to_the_same_weights(tmp_path, one_thread):
     from safetensors.torch import load_file
 
