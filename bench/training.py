@@ -52,8 +52,9 @@ def setup(tmp: Path, model_name: str, size: int, method: str, method_config: dic
         model = noisy_(samliver.load_model(model_name, checkpoint="random", input_size=size))
         apply_strategy(model, method, method_config)
         model.to(device)
-    data = build_train_loader(config, split, model, step_kind(model), frozen, 1, lambda message: None)
     step = make_step(model, config).train()
+    data = build_train_loader(config, split, model, step_kind(model), frozen, 1, lambda message: None,
+                              getattr(step, "prompter", None))
     return model, step, data.loader
 
 

@@ -87,6 +87,9 @@ def test_config_presets_overrides_and_aliases(tmp_path):
     config, _ = resolve(yaml_file, {"max_steps": 7, "prompts": {"box_prob": 1}})
     assert (config.method, config.method_config, config.max_steps) == ("depth3d", {"depth": 3}, 7)
     assert (config.prompts.corrective_clicks, config.prompts.box_prob) == (2, 1.0)
+    yaml_file.write_text("lr: 5e-4\nweight_decay: 1E-2\n")             # PyYAML reads both as strings
+    config, _ = resolve(yaml_file, {})
+    assert (config.lr, config.weight_decay) == (5e-4, 0.01)
     from samliver.training.cli import build_parser, overrides_from
 
     args = build_parser().parse_args(["--max_steps", "3", "--learning_rate", "0.01", "--checkpointing_steps", "2",
@@ -110,6 +113,7 @@ def test_every_train_preset_resolves():
     ({"prompts": {"box_prb": 0.1}}, "did you mean 'prompts.box_prob'?"),
     ({"method_config": {"rnk": 2}}, "did you mean 'rank'?"),
     ({"max_steps": "many"}, "max_steps: expected int"),
+    ({"lr": "1e-3x"}, "lr: expected float, got '1e-3x'"),
     ({"split": [0.5, 0.6]}, "summing to 1"),
 ])
 def test_config_errors_name_the_key(overrides, needle):
@@ -160,6 +164,34 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         model.encode(pixels).image_embeddings.square().sum().backward()
         grads.append(model.sam.image_encoder.blocks[0].attn.qkv.weight.grad.clone())
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("corrective_clicks", [0, 1])
+def test_prompted_step_reads_nothing_back_from_the_device(tmp_path, corrective_clicks):
+    """Prompts are drawn in the loader: the step runs on the meta device, where any read of a tensor's
+    values (``.cpu()``, ``.item()``, ``int(t)``) raises. Corrective clicks need the prediction, so they do read."""
+    from samliver.adapters import apply_strategy
+    from samliver.training.config import PromptSettings, TrainConfig
+    from samliver.training.data import build_train_loader, split_and_cache
+    from samliver.training.steps import make_step, step_kind
+
+    config = TrainConfig(method="lora", checkpoint="random", data="phantom:tiny?n=2&seed=0", test_data=None,
+                         split=[1.0, 0.0], augment=False, batch_size=2, log_with=None, cache_dir=str(tmp_path),
+                         prompts=PromptSettings(corrective_clicks=corrective_clicks))
+    split = split_and_cache(config, tmp_path, True, lambda: None)
+    torch.manual_seed(0)
+    step = make_step(apply_strategy(samliver.load_model("samliver_tiny", checkpoint="random"), "lora", {}), config)
+    loader = build_train_loader(config, split, step.model, step_kind(step.model), False, 1, print, step.prompter)
+    batch = next(iter(loader.loader))
+    assert len(batch["prompt_plans"]) == 2 and torch.isfinite(step(batch)["loss"])
+    step.to("meta")
+    on_meta = {k: v.to("meta") if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    if corrective_clicks:
+        with pytest.raises(NotImplementedError, match="meta"):
+            step(on_meta)
+    else:
+        loss = step(on_meta)["loss"]
+        assert loss.device.type == "meta" and loss.shape == () and loss.requires_grad
 
 
 # ------------------------------------------------------------------ learning, per strategy

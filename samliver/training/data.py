@@ -25,6 +25,7 @@ from samliver.data.splits import check_split
 from samliver.errors import DatasetError
 
 from .config import ConfigError, TrainConfig
+from .prompting import PromptSimulator
 
 
 def item_seed(seed: int, *key: int) -> int:
@@ -110,16 +111,19 @@ class TrainItems(Dataset):
     """Training items keyed by `EpochDraws` keys ``(epoch, position, slice index)``.
 
     Each item is a `SliceDataset` item (augmented with a stream seeded from the key) plus
-    ``prompt_seed`` (for prompt simulation) and ``pixels`` (model pixels ``(D, 3, S, S)``, D = 1 for
-    2D models) or, with an embedding ``store`` (frozen encoder), ``image_embeddings``
-    ``(C, h, w)`` (and ``high_res_features``) of the un-augmented slice.
+    ``prompt_seed`` and ``pixels`` (model pixels ``(D, 3, S, S)``, D = 1 for 2D models) or, with an
+    embedding ``store`` (frozen encoder), ``image_embeddings`` ``(C, h, w)`` (and ``high_res_features``)
+    of the un-augmented slice. With a ``prompter`` (`samliver.training.prompting.PromptSimulator`) the
+    item also carries its ``prompt_plan``, and its ``objects`` / ``object_labels`` are cut to the objects
+    that plan prompts (so only those travel to the device).
     """
 
     def __init__(self, slices: SliceDataset, seed: int, convention: Any, store: Any = None,
-                 store_rows: dict[int, int] | None = None) -> None:
+                 store_rows: dict[int, int] | None = None, prompter: PromptSimulator | None = None) -> None:
         self.slices, self.seed = slices, int(seed)
         self.pixels = _CpuPixels(convention)
         self.store, self.store_rows = store, store_rows or {}
+        self.prompter = prompter
 
     def __len__(self) -> int:
         return len(self.slices)
@@ -130,6 +134,10 @@ class TrainItems(Dataset):
             self.slices.augment.set_random_state(item_seed(self.seed, epoch, position, 1))
         item = self.slices[index]
         item["prompt_seed"] = item_seed(self.seed, epoch, position, 2)
+        if self.prompter is not None:
+            plan, keep = self.prompter(item["objects"].numpy(), item["object_labels"].numpy(), item["prompt_seed"])
+            item["prompt_plan"] = plan
+            item["objects"], item["object_labels"] = item["objects"][keep], item["object_labels"][keep]
         if self.store is None:
             item["pixels"] = model_pixels(self.pixels, item["image"][None])[0]          # (D, 3, S, S)
         else:
@@ -141,9 +149,12 @@ class TrainItems(Dataset):
 
 
 def collate_train(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """`collate_slices` plus ``prompt_seed`` ``(B,)`` and ``pixels`` / ``image_embeddings`` stacked."""
+    """`collate_slices` plus ``prompt_seed`` ``(B,)``, ``prompt_plans`` (a list, where items carry plans) and
+    ``pixels`` / ``image_embeddings`` stacked."""
     batch = collate_slices(items)
     batch["prompt_seed"] = torch.tensor([it["prompt_seed"] for it in items], dtype=torch.long)
+    if "prompt_plan" in items[0]:
+        batch["prompt_plans"] = [it["prompt_plan"] for it in items]
     for key in ("pixels", "image_embeddings"):
         if key in items[0]:
             batch[key] = torch.stack([it[key] for it in items])
@@ -204,9 +215,11 @@ def training_slices(slices: SliceDataset, kind: str, targets: Sequence[str]) -> 
 
 
 def build_train_loader(config: TrainConfig, split: CaseSplit, model: torch.nn.Module, kind: str,
-                       frozen_encoder: bool, num_processes: int, log) -> TrainLoader:
+                       frozen_encoder: bool, num_processes: int, log,
+                       prompter: PromptSimulator | None = None) -> TrainLoader:
     """The training loader (see the module docstring). With a frozen encoder the slices are encoded once
-    here (`samliver.adapters.decoder.precompute_embeddings`) and no image augmentation is applied."""
+    here (`samliver.adapters.decoder.precompute_embeddings`) and no image augmentation is applied. A
+    ``prompter`` (the prompted step's) draws each item's prompts in the loader (`TrainItems`)."""
     from samliver.inference import stack_depth
 
     augment = None
@@ -235,7 +248,7 @@ def build_train_loader(config: TrainConfig, split: CaseSplit, model: torch.nn.Mo
     tumor_flags = slices.tumor_flags[indices] if "tumor" in slices.targets else np.zeros(indices.size, bool)
     sampler = EpochDraws(indices, tumor_flags, config.tumor_fraction,
                          steps_per_epoch * per_step, config.seed)
-    items = TrainItems(slices, config.seed, model.convention, store, rows)
+    items = TrainItems(slices, config.seed, model.convention, store, rows, prompter)
     # Pinned host memory lets the copies to the GPU run asynchronously; workers persist across epochs.
     loader = DataLoader(items, batch_size=config.batch_size, sampler=sampler, collate_fn=collate_train,
                         num_workers=config.num_workers, drop_last=False, pin_memory=torch.cuda.is_available(),

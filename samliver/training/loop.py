@@ -67,11 +67,12 @@ def train(config: TrainConfig, resume: str | None = None, overwrite: bool = Fals
     model.to(accelerator.device)
     split = split_and_cache(config, run.root / "cache" if config.cache_dir is None else Path(config.cache_dir),
                             accelerator.is_main_process, accelerator.wait_for_everyone)
-    data = build_train_loader(config, split, model, kind, frozen, accelerator.num_processes, log)
+    step = make_step(model, config).train()
+    data = build_train_loader(config, split, model, kind, frozen, accelerator.num_processes, log,
+                              getattr(step, "prompter", None))
     val_cases, test_cases = split.cases("val"), split.cases("test")
     window = split.cache.settings.window
 
-    step = make_step(model, config).train()
     params = [p for p in step.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config, accelerator.num_processes))

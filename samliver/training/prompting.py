@@ -8,12 +8,17 @@ is what makes a resumed run identical to an uninterrupted one).
 
 With text prompts enabled, a fraction of slices are prompted by class text instead (`text_queries`).
 
+`PromptSimulator` draws each item's first prompts where the item is made (in the DataLoader, on the
+host), as a `ClickPlan` or `TextPlan`, so the training step never reads masks back from the device;
+only corrective clicks, which depend on the model's own prediction, need that read-back.
+
 Coordinates follow `samliver.prompts`: boxes in pixel edges (``x1 = last column + 1``), clicks at
 pixel ``(x = column, y = row)``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -23,6 +28,59 @@ from samliver.prompts import Prompts
 from samliver.prompts.clip_text import TextClass
 
 from .config import PromptSettings
+
+
+@dataclass
+class ClickPlan:
+    """A slice prompted by boxes or clicks: the initial ``prompts`` of its K chosen objects (the item's
+    ``objects`` are those K, in this order), their masks on the host ``(K, H, W)`` bool (for corrective
+    clicks) and the prompt stream ``rng``, continued by the corrective rounds."""
+
+    prompts: Prompts
+    masks: np.ndarray
+    rng: np.random.Generator
+
+
+@dataclass
+class TextPlan:
+    """A slice prompted by class text (`text_queries`): ``targets`` ``(Q, H, W)`` bool, ``texts`` (Q),
+    ``labels`` ``(Q,)`` uint8."""
+
+    targets: np.ndarray
+    texts: list[str]
+    labels: np.ndarray
+
+
+class PromptSimulator:
+    """Draws the prompts of one training item from its objects and its prompt seed.
+
+    With ``text_classes``, a fraction ``text_prob`` of items are prompted by text; the others keep at most
+    ``settings.max_objects`` objects (`choose_objects`) and get `initial_prompts`.
+    """
+
+    def __init__(self, settings: PromptSettings, text_prob: float = 0.0,
+                 text_classes: Sequence[TextClass] = ()) -> None:
+        self.settings, self.text_prob, self.text_classes = settings, float(text_prob), tuple(text_classes)
+
+    def __call__(self, objects: np.ndarray, labels: np.ndarray,
+                 seed: int) -> tuple[ClickPlan | TextPlan | None, np.ndarray]:
+        """Args: ``objects`` ``(N, H, W)`` bool and ``labels`` ``(N,)`` of one slice; ``seed`` its prompt seed.
+
+        Returns:
+            ``(plan, keep)``: the plan (None for a slice without objects or text queries) and the indices
+            ``(K,)`` of the objects the click plan prompts (none for a text plan, which carries its targets).
+        """
+        n, none = len(objects), np.arange(0)
+        if n == 0:
+            return None, none
+        rng = np.random.default_rng(seed)
+        if self.text_classes and rng.random() < self.text_prob:
+            targets, texts, query_labels = text_queries(objects, labels, self.text_classes, rng)
+            return (TextPlan(targets, texts, query_labels) if texts else None), none
+        keep = choose_objects(n, self.settings.max_objects, rng)
+        masks = objects[keep]
+        prompts = initial_prompts(masks, labels[keep].astype(np.uint8), self.settings, rng)
+        return ClickPlan(prompts, masks, rng), keep
 
 
 def object_boxes(masks: np.ndarray) -> np.ndarray:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from pathlib import Path
@@ -18,6 +19,10 @@ from typing import Any, Mapping, Union
 import yaml
 
 from .config import ConfigError, TrainConfig
+
+
+#: numbers in exponent form that PyYAML leaves as strings (it wants a dot: 5.0e-4)
+_YAML11_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:
@@ -50,6 +55,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     elif base is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and _YAML11_EXPONENT.fullmatch(value.strip()):
+            return float(value)     # YAML 1.1 (PyYAML) reads 5e-4, without a dot, as a string
     elif base is str:
         if isinstance(value, str):
             return value

@@ -19,7 +19,6 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -30,7 +29,7 @@ from samliver.prompts import Prompts
 
 from .config import ConfigError, TrainConfig
 from .losses import MaskLoss, head_loss
-from .prompting import choose_objects, corrective_prompts, initial_prompts, text_queries
+from .prompting import ClickPlan, PromptSimulator, TextPlan, corrective_prompts
 
 
 def step_kind(model: nn.Module) -> str:
@@ -60,71 +59,74 @@ def _zero_loss(module: nn.Module) -> torch.Tensor:
 
 
 class PromptedStep(nn.Module):
-    """Prompts from ground truth -> decoder masks -> `MaskLoss` (see the module docstring)."""
+    """Prompts from ground truth -> decoder masks -> `MaskLoss` (see the module docstring).
+
+    The prompts are drawn by ``self.prompter`` in the DataLoader (`samliver.training.data.TrainItems`),
+    so a step without corrective clicks never waits for the device: the only host reads are the
+    corrective rounds' predictions.
+    """
 
     def __init__(self, model: nn.Module, config: TrainConfig) -> None:
         super().__init__()
         self.model = model
         self.settings = config.prompts
         self.loss = MaskLoss(config.loss)
-        self.text_prob, self.text_classes = 0.0, ()
+        text_prob, text_classes = 0.0, ()
         if config.text_prompts.enabled:
-            self.text_prob = config.text_prompts.prob
-            self.text_classes = text_training_classes(model, config)
+            text_prob, text_classes = config.text_prompts.prob, text_training_classes(model, config)
+        self.prompter = PromptSimulator(config.prompts, text_prob, text_classes)
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """``batch`` from `samliver.training.data.collate_train`; returns ``loss`` and ``objects`` (count)."""
+        """``batch`` from `samliver.training.data.collate_train` with ``prompt_plans``; returns ``loss`` and
+        ``objects`` (count)."""
+        if "prompt_plans" not in batch:
+            raise ValueError("PromptedStep needs batches whose items were prompted in the loader: pass the "
+                             "step's prompter to build_train_loader")
         emb = embed(self.model, batch)
         size = tuple(int(s) for s in batch["label"].shape[-2:])
         total, weight = None, 0
-        for b in range(len(batch["num_objects"])):
-            n = int(batch["num_objects"][b])
-            if n == 0:
+        for b, plan in enumerate(batch["prompt_plans"]):
+            if isinstance(plan, TextPlan):
+                loss, count = self._text_loss(emb.select(b), plan, size), len(plan.texts)
+            elif isinstance(plan, ClickPlan):
+                count = len(plan.masks)
+                loss = self._click_loss(emb.select(b), plan, batch["objects"][b, :count], size)
+            else:
                 continue
-            rng = np.random.default_rng(int(batch["prompt_seed"][b]))
-            if self.text_classes and rng.random() < self.text_prob:
-                loss, count = self._text_loss(emb.select(b), batch["objects"][b, :n], batch["object_labels"][b, :n],
-                                              size, rng)
-                if count:
-                    total = loss * count if total is None else total + loss * count
-                    weight += count
-                continue
-            keep = torch.as_tensor(choose_objects(n, self.settings.max_objects, rng))
-            masks = batch["objects"][b, keep.to(batch["objects"].device)]
-            masks_np = masks.cpu().numpy()
-            labels = batch["object_labels"][b, keep.to(batch["object_labels"].device)].cpu().numpy().astype(np.uint8)
-            prompts = initial_prompts(masks_np, labels, self.settings, rng)
-            for round_ in range(1 + self.settings.corrective_clicks):
-                single_click = prompts.boxes is None and prompts.points is not None and prompts.points.shape[1] == 1
-                multimask = self.settings.multimask and single_click
-                out = self.model.decode(emb.select(b), prompts, size, multimask=multimask)
-                logits = self.model.postprocess(out.low_res_logits, size)              # (N, M, H, W)
-                loss = self.loss(logits, masks, out.iou_scores)
-                total = loss * len(keep) if total is None else total + loss * len(keep)
-                weight += len(keep)
-                if round_ < self.settings.corrective_clicks:
-                    best = out.iou_scores.argmax(dim=1)
-                    pick = torch.arange(len(keep), device=best.device)
-                    predicted = (logits[pick, best] > 0).detach().cpu().numpy()
-                    low_res = out.low_res_logits[pick, best][:, None].detach().float().cpu().numpy()
-                    prompts = corrective_prompts(prompts, predicted, masks_np, low_res, rng)
+            total = loss * count if total is None else total + loss * count
+            weight += count
         if total is None:
             return {"loss": _zero_loss(self), "objects": torch.zeros((), device=emb.image_embeddings.device)}
         return {"loss": total / weight, "objects": torch.tensor(float(weight), device=total.device)}
 
-    def _text_loss(self, emb: ImageEmbedding, objects: torch.Tensor, labels: torch.Tensor, size: tuple[int, int],
-                   rng: np.random.Generator) -> tuple[torch.Tensor | None, int]:
-        """Mask loss of one slice prompted by class text (`text_queries`): tokens from the text projection
-        (with gradients), the whole class region as each query's target. Returns ``(loss, queries)``."""
-        targets, texts, query_labels = text_queries(objects.cpu().numpy(), labels.cpu().numpy(), self.text_classes,
-                                                    rng)
-        if not texts:
-            return None, 0
-        prompts = Prompts(tokens=self.model.text_prompts(texts), labels=query_labels)
+    def _click_loss(self, emb: ImageEmbedding, plan: ClickPlan, masks: torch.Tensor,
+                    size: tuple[int, int]) -> torch.Tensor:
+        """Mean mask loss of one slice's K objects ``masks`` ``(K, H, W)`` over the initial round and the
+        corrective rounds."""
+        prompts, rounds, losses = plan.prompts, 1 + self.settings.corrective_clicks, []
+        for round_ in range(rounds):
+            single_click = prompts.boxes is None and prompts.points is not None and prompts.points.shape[1] == 1
+            multimask = self.settings.multimask and single_click
+            out = self.model.decode(emb, prompts, size, multimask=multimask)
+            logits = self.model.postprocess(out.low_res_logits, size)                  # (K, M, H, W)
+            losses.append(self.loss(logits, masks, out.iou_scores))
+            if round_ < rounds - 1:
+                best = out.iou_scores.argmax(dim=1)
+                pick = torch.arange(len(masks), device=best.device)
+                # The one read-back: the next click depends on this round's error.
+                predicted = (logits[pick, best] > 0).detach().cpu().numpy()
+                low_res = out.low_res_logits[pick, best][:, None].detach().float().cpu().numpy()
+                prompts = corrective_prompts(prompts, predicted, plan.masks, low_res, plan.rng)
+        return torch.stack(losses).mean()
+
+    def _text_loss(self, emb: ImageEmbedding, plan: TextPlan, size: tuple[int, int]) -> torch.Tensor:
+        """Mask loss of one slice prompted by class text: tokens from the text projection (with
+        gradients), the whole class region as each query's target."""
+        prompts = Prompts(tokens=self.model.text_prompts(plan.texts), labels=plan.labels)
         out = self.model.decode(emb, prompts, size, multimask=False)
         logits = self.model.postprocess(out.low_res_logits, size)
-        truth = torch.as_tensor(targets, device=logits.device)
-        return self.loss(logits, truth, out.iou_scores), len(texts)
+        truth = torch.as_tensor(plan.targets, device=logits.device)
+        return self.loss(logits, truth, out.iou_scores)
 
 
 class HeadStep(nn.Module):
