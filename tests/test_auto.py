@@ -433,6 +433,5 @@ def test_bundled_cli_auto_on_the_real_ct(tmp_path, capsys):
     said = capsys.readouterr().out
     print(f"bundled --auto on the real CT: labels {sorted(values)}, liver Dice {dice:.3f}; {json.dumps(said)}")
     assert "default adapter" in said and "samliver_tiny_liver_tumor" in said  # the shipped liver-tumour LoRA
-    # liver Dice 0.79 with the 256-px phantom U-Net on this 3 mm CT (0.90 with the earlier 192-px one, which
-    # found far fewer phantom tumours): a phantom-trained U-Net, far from its training domain here
-    assert values == {0, 1, 2} and dice >= 0.75
+    # a phantom-trained U-Net, far from its training domain on this 3 mm CT
+    assert values == {0, 1, 2} and dice >= 0.8

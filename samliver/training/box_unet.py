@@ -128,16 +128,17 @@ def train_box_unet(config: BoxUNetTrainConfig, resume: str | None = None, overwr
 
     set_seed(config.seed)
     start_from = resume_point(run.root, resume)
+    spec = config.spec()
+    net = build_unet(spec)
+    init_record = _start_from(net, spec, config.init) if config.init and start_from is None else None
     run.start(resume is not None, overwrite)
     if overwrite and resume is None and accelerator.is_main_process:
         for name in EXPORTS:
             (run.root / name).unlink(missing_ok=True)
     accelerator.wait_for_everyone()
-    spec = config.spec()
     if start_from is not None:
         _check_same_network(RunFolder(start_from.parents[1], is_main=False).previous_run(), spec.to_json())
-
-    net = build_unet(spec).to(accelerator.device)
+    net.to(accelerator.device)
     cache_root = run.root / "cache" if config.cache_dir is None else Path(config.cache_dir)
     split = split_and_cache(replace(config, cache=config.cache_settings()), cache_root,
                             accelerator.is_main_process, accelerator.wait_for_everyone)
@@ -175,7 +176,7 @@ def train_box_unet(config: BoxUNetTrainConfig, resume: str | None = None, overwr
             **environment(), "network": spec.to_json(),
             "parameters": sum(p.numel() for p in accelerator.unwrap_model(net).parameters()),
             "data": split.as_json(), "train_slices": len(slices), "steps_per_epoch": steps_per_epoch,
-            "status": "running"}
+            "status": "running", **({"init": init_record} if init_record is not None else {})}
     run.write_json(info)
 
     def validate() -> None:
@@ -279,6 +280,20 @@ def _save_best(run: RunFolder, net: nn.Module, spec: Any, config: BoxUNetTrainCo
     replace_dir(tmp, run.best)
 
 
+def _start_from(net: nn.Module, spec: Any, path: str) -> dict[str, Any]:
+    """Load the weights of the saved box U-Net ``path`` into ``net`` (same network); returns where they came
+    from: the path, its file's sha256 and its own training record."""
+    from samliver.prompts.unet_model import file_pair
+    from samliver.weights_store import sha256_file
+
+    start = load_box_generator(path, input_size=spec.input_size, in_channels=spec.in_channels)
+    if start.spec.to_json() != spec.to_json():
+        raise ConfigError(f"init {path}: that U-Net is {start.spec.to_json()}, this config's network is "
+                          f"{spec.to_json()}")
+    net.load_state_dict(start.net.state_dict())
+    return {"path": str(path), "sha256": sha256_file(file_pair(path)[0]), "training": start.record.get("training")}
+
+
 def _check_checkpoint(path: Path, net: nn.Module) -> None:
     """``path`` holds this U-Net's whole state (weights and, with batch norm, running statistics)."""
     from safetensors import safe_open
@@ -353,7 +368,8 @@ def training_record(config: BoxUNetTrainConfig, info: dict[str, Any]) -> dict[st
             "best_val_score": info.get("best_val_score"), "validation": info.get("validation"),
             "held_out": {k: v for k, v in (info.get("test") or {}).items() if k != "cases"} or None,
             "config": config.to_dict(), "samliver_version": info.get("samliver_version"),
-            "torch": info.get("torch"), "monai": info.get("monai"), "train_slices": info.get("train_slices")}
+            "torch": info.get("torch"), "monai": info.get("monai"), "train_slices": info.get("train_slices"),
+            "init": info.get("init")}
 
 
 def recall_table(test: dict[str, Any]) -> str:

@@ -35,7 +35,9 @@ class BoxUNetTrainConfig:
     ``loss``: ``dice_ce`` or ``dice_focal`` (`samliver.training.box_unet.make_loss`), ``class_weights`` on its CE /
     focal term, ``dice_batch`` Dice over the whole batch instead of per slice. ``boxes``: the generator's saved
     defaults (threshold, margin_mm, min_area_mm2, min_slices); the held-out
-    box recall at the end of the run uses them. ``export``: also write the best U-Net to this folder or
+    box recall at the end of the run uses them. ``init``: start from the weights of a saved box U-Net
+    (folder or ``NAME.safetensors``) with this ``network`` (fine-tuning on more data); its training
+    record is kept in the new one. ``export``: also write the best U-Net to this folder or
     ``NAME.safetensors`` path. The rest as in `TrainConfig`; ``tumor_fraction`` oversamples tumour slices
     among all slices (background slices included: they teach the U-Net where there is nothing to box).
     """
@@ -76,6 +78,7 @@ class BoxUNetTrainConfig:
     cpu: bool = False
     final_test: bool = True
     export: Union[str, None] = None
+    init: Union[str, None] = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
