@@ -1,6 +1,6 @@
 """Training the box U-Net (`samliver.prompts.unet_boxes`) in an Accelerate loop.
 
-The pieces are the adapter trainer's: `make_accelerator`, `lr_lambda`, `Progress`, `resume_point` /
+The pieces are the adapter trainer's: `open_run` (run folder, Accelerator, seed), `lr_lambda`, `Progress` /
 `check_checkpoint` (`samliver.training.setup`), the case split and slice cache (`split_and_cache`, built at the
 network's input size and window, so cached slices are the network's input), seeded `EpochDraws` with tumour
 oversampling and per-item augmentation seeds (`samliver.training.data`), MONAI augmentation, and the
@@ -34,7 +34,7 @@ from .box_unet_config import BoxUNetTrainConfig
 from .config import ConfigError
 from .data import EpochDraws, eval_loader, item_seed, split_and_cache
 from .run_folder import RunFolder, replace_dir
-from .setup import Progress, environment, lr_lambda, make_accelerator, resume_point
+from .setup import Progress, environment, lr_lambda, open_run
 from .validation import dice_per_class, summarize
 
 EXPORTS = ("box_unet.safetensors", "box_unet.json", "report.md")
@@ -115,19 +115,9 @@ def predict_cached(net: nn.Module, grey: np.ndarray, context: int, batch_size: i
 def train_box_unet(config: BoxUNetTrainConfig, resume: str | None = None, overwrite: bool = False,
                    config_file: str | None = None) -> BoxRunResult:
     """Train a box U-Net as ``config`` says; see the module docstring for what the run folder holds."""
-    from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
-    run = RunFolder(config.run_dir, is_main=True)
-    accelerator = make_accelerator(config, run.root / "logs")
-    run.is_main = accelerator.is_main_process
-
-    def log(message: str) -> None:
-        if accelerator.is_main_process:
-            tqdm.write(message)
-
-    set_seed(config.seed)
-    start_from = resume_point(run.root, resume)
+    run, accelerator, log, start_from = open_run(config, resume)
     spec = config.spec()
     net = build_unet(spec)
     init_record = _start_from(net, spec, config.init) if config.init and start_from is None else None

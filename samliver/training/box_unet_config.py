@@ -16,7 +16,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from .cli import OPTIONS, _unknown_flags, option_overrides
+from .cli import OPTIONS, option_overrides, run_entry_point
 from .config import ConfigError, _choice, check_loop_settings
 from .resolution import _build, dotted, merge, parse_assignment, read_yaml
 
@@ -190,19 +190,11 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse, resolve, train. Returns the exit status (2 for a user mistake, one line on stderr)."""
-    from samliver.cli.main import report_errors
 
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-
-    def run() -> int:
-        if extra:
-            raise ConfigError(_unknown_flags(parser, extra))
+    def go(args: argparse.Namespace) -> None:
         config, used = resolve_box_unet(args.config, overrides_from(args))
         from .box_unet import train_box_unet
 
         train_box_unet(config, resume=args.resume, overwrite=args.overwrite, config_file=used)
-        return 0
 
-    return report_errors("train_box_unet.py", run, debug=args.debug,
-                         interrupted="interrupted; continue with --resume")
+    return run_entry_point("train_box_unet.py", build_parser(), argv, go)

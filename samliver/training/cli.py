@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
-from typing import Any
+from typing import Any, Callable
 
 
 from .config import ConfigError
@@ -126,23 +126,32 @@ def _unknown_flags(parser: argparse.ArgumentParser, extra: list[str]) -> str:
     return f"unknown option {flag}{hint}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Parse, resolve the config, train. Returns the exit status (2 for a user mistake)."""
+def run_entry_point(prog: str, parser: argparse.ArgumentParser, argv: list[str] | None,
+                    go: Callable[[argparse.Namespace], None]) -> int:
+    """Parse ``argv`` and run ``go(args)``: a user mistake is one line on stderr and exit status 2 (the
+    traceback only with ``--debug``), Ctrl-C says how to continue. Returns the exit status."""
     from samliver.cli.main import report_errors
 
-    parser = build_parser()
     args, extra = parser.parse_known_args(argv)
 
     def run() -> int:
         if extra:
             raise ConfigError(_unknown_flags(parser, extra))
+        go(args)
+        return 0
+
+    return report_errors(prog, run, debug=args.debug, interrupted="interrupted; continue with --resume")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse, resolve the config, train. Returns the exit status (2 for a user mistake)."""
+
+    def go(args: argparse.Namespace) -> None:
         config, used = resolve(args.config, overrides_from(args))
         from .loop import train
         from .self_training import self_train
 
         run_training = self_train if config.pseudo_labels.rounds else train
         run_training(config, resume=args.resume, overwrite=args.overwrite, config_file=used)
-        return 0
 
-    return report_errors("train_adapter.py", run, debug=args.debug,
-                         interrupted="interrupted; continue with --resume")
+    return run_entry_point("train_adapter.py", build_parser(), argv, go)

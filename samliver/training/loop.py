@@ -25,7 +25,7 @@ from .data import build_train_loader, eval_loader, split_and_cache
 from .finish import finish
 from .run_folder import RunFolder
 from .setup import (Progress, build_model, check_checkpoint, environment, keep_trainable_only, lr_lambda,
-                    make_accelerator, resume_point)
+                    open_run)
 from .steps import enable_gradient_checkpointing, make_step, step_kind
 
 
@@ -41,20 +41,9 @@ class RunResult:
 def train(config: TrainConfig, resume: str | None = None, overwrite: bool = False,
           config_file: str | None = None) -> RunResult:
     """Train ``config.method`` on ``config.model``; see the package docstring for the run folder."""
-    from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
-    run = RunFolder(config.run_dir, is_main=True)
-    accelerator = make_accelerator(config, run.root / "logs")
-    run.is_main = accelerator.is_main_process
-
-    def log(message: str) -> None:
-        """A line on the main process's stdout, above the progress bar."""
-        if accelerator.is_main_process:
-            tqdm.write(message)
-
-    set_seed(config.seed)
-    start_from = resume_point(run.root, resume)
+    run, accelerator, log, start_from = open_run(config, resume)
     run.start(resume is not None, overwrite)
     accelerator.wait_for_everyone()
     previous = RunFolder(start_from.parents[1], is_main=False).previous_run() if start_from is not None else None

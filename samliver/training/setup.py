@@ -15,6 +15,26 @@ from torch import nn
 from .config import ConfigError, TrainConfig
 
 
+def open_run(config: Any, resume: str | None) -> tuple[Any, Any, Callable[[str], None], Path | None]:
+    """How every training run starts: ``(run folder, Accelerator logging into its logs/, log, checkpoint to
+    resume from or None)``, the seed set. ``log`` writes a line on the main process, above the progress bar."""
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+
+    from .run_folder import RunFolder
+
+    run = RunFolder(config.run_dir, is_main=True)
+    accelerator = make_accelerator(config, run.root / "logs")
+    run.is_main = accelerator.is_main_process
+
+    def log(message: str) -> None:
+        if accelerator.is_main_process:
+            tqdm.write(message)
+
+    set_seed(config.seed)
+    return run, accelerator, log, resume_point(run.root, resume)
+
+
 def make_accelerator(config: TrainConfig, logging_dir: Path) -> Any:
     """``Accelerator(mixed_precision, gradient_accumulation_steps, log_with)`` for this config.
 
