@@ -177,9 +177,11 @@ def training(size: int, batch: int, steps: int, device: str, precision: str) -> 
                 out[f"{label} failed"] = str(exc).strip().splitlines()[-1]
                 continue
             print(f"training ViT-B {size}px batch {batch} {precision}: {label:26s} {r['images_per_s']:7.2f} images/s, "
-                  f"peak {r['peak_bytes'] / 2**30:.2f} GiB, {r['trainable'] / 1e6:.1f} M trainable", flush=True)
+                  f"peak {r['peak_bytes'] / 2**30:.2f} GiB, {r['trainable'] / 1e6:.1f} M trainable, "
+                  f"{r.get('syncs_per_step', '-')} host syncs in a step", flush=True)
             out[f"{label} images/s"] = r["images_per_s"]
             out[f"{label} peak GiB"] = r["peak_bytes"] / 2**30
+            out[f"{label} syncs/step"] = r.get("syncs_per_step")
     return out
 
 

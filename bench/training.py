@@ -20,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -139,8 +140,21 @@ def train_steps(method: str, size: int, batch_size: int, steps: int, device: str
             peak = _memory_now()["VmHWM"]
             result.update(peak_bytes=peak, growth_bytes=peak - before)
         else:
-            result.update(peak_bytes=torch.cuda.max_memory_allocated())
+            result.update(peak_bytes=torch.cuda.max_memory_allocated(), syncs_per_step=_syncs(lambda: one(batches[-1])))
         return result
+
+
+def _syncs(fn) -> int:
+    """How many synchronizing CUDA calls PyTorch reports (`torch.cuda.set_sync_debug_mode`) while ``fn`` runs."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+    return sum("synchroniz" in str(w.message) for w in caught)
 
 
 def train_steps_child(method: str, size: int, batch_size: int, steps: int, device: str = "cpu",

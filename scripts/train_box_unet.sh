@@ -15,6 +15,12 @@
 # Several processes / GPUs: LAUNCH_ARGS="--multi_gpu --num_processes 2" bash scripts/train_box_unet.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+for arg in "$@"; do
+    case "$arg" in
+        --output-dir*|--output_dir*|--export*|init=*)
+            echo "train_box_unet.sh: $arg would apply to both stages; set OUT=DIR instead" >&2; exit 2 ;;
+    esac
+done
 if [ -x .venv/bin/accelerate ]; then ACCELERATE=.venv/bin/accelerate; else ACCELERATE=accelerate; fi
 OUT=${OUT:-runs}
 EXPORT=weights/box_unet_phantom.safetensors

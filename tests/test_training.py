@@ -87,9 +87,10 @@ def test_config_presets_overrides_and_aliases(tmp_path):
     config, _ = resolve(yaml_file, {"max_steps": 7, "prompts": {"box_prob": 1}})
     assert (config.method, config.method_config, config.max_steps) == ("depth3d", {"depth": 3}, 7)
     assert (config.prompts.corrective_clicks, config.prompts.box_prob) == (2, 1.0)
-    yaml_file.write_text("lr: 5e-4\nweight_decay: 1E-2\n")             # PyYAML reads both as strings
-    config, _ = resolve(yaml_file, {})
-    assert (config.lr, config.weight_decay) == (5e-4, 0.01)
+    yaml_file.write_text("lr: 5e-4\nweight_decay: 1E-2\nmethod_config: {dropout: 5e-2}\nsplit: [0.9, 1e-1]\n")
+    config, _ = resolve(yaml_file, {})                       # plain PyYAML reads these four as strings
+    assert (config.lr, config.weight_decay, config.method_config, config.split) == (5e-4, 0.01, {"dropout": 0.05},
+                                                                                     [0.9, 0.1])
     from samliver.training.cli import build_parser, overrides_from
 
     args = build_parser().parse_args(["--max_steps", "3", "--learning_rate", "0.01", "--checkpointing_steps", "2",
@@ -149,6 +150,23 @@ def test_prompt_simulation_is_seeded_and_inside_the_slice():
     assert nxt.points[0, -1].tolist() == [0.0, 0.0] and nxt.point_labels[:, -1].tolist() == [0, 1]
     assert nxt.masks.shape == (2, 1, 8, 8) and np.array_equal(nxt.boxes, a.boxes)
 
+    # the loader's PromptSimulator draws in this order from the item's seed: objects, then their prompts
+    from samliver.training.prompting import ClickPlan, PromptSimulator, choose_objects
+
+    three = np.concatenate([masks, masks[:1]])
+    labels = np.array([1, 2, 2])
+    settings = PromptSettings(max_objects=2, box_prob=0.5)
+    plan, keep = PromptSimulator(settings)(three, labels, seed=11)
+    rng = np.random.default_rng(11)
+    want_keep = choose_objects(3, 2, rng)
+    want = initial_prompts(three[want_keep], labels[want_keep].astype(np.uint8), settings, rng)
+    assert isinstance(plan, ClickPlan) and np.array_equal(keep, want_keep)
+    for field in ("boxes", "points", "point_labels", "labels"):
+        got, expected = getattr(plan.prompts, field), getattr(want, field)
+        assert (got is None and expected is None) or np.array_equal(got, expected), field
+    assert np.array_equal(plan.masks, three[want_keep]) and plan.rng.random() == rng.random()
+    assert PromptSimulator(settings)(three[:0], labels[:0], seed=11)[0] is None
+
 
 def test_gradient_checkpointing_gives_the_same_gradients():
     from samliver.adapters import apply_strategy
@@ -183,12 +201,14 @@ def test_prompted_step_reads_nothing_back_from_the_device(tmp_path, corrective_c
     step = make_step(apply_strategy(samliver.load_model("samliver_tiny", checkpoint="random"), "lora", {}), config)
     loader = build_train_loader(config, split, step.model, step_kind(step.model), False, 1, print, step.prompter)
     batch = next(iter(loader.loader))
-    assert len(batch["prompt_plans"]) == 2 and torch.isfinite(step(batch)["loss"])
+    loss = step(batch)["loss"]
+    assert len(batch["prompt_plans"]) == 2 and torch.isfinite(loss) and torch.equal(step(batch)["loss"], loss)
     step.to("meta")
     on_meta = {k: v.to("meta") if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
     if corrective_clicks:
-        with pytest.raises(NotImplementedError, match="meta"):
+        with pytest.raises(NotImplementedError, match="meta") as failed:
             step(on_meta)
+        assert failed.traceback[-1].name == "_click_loss" and ".cpu()" in str(failed.traceback[-1].statement)
     else:
         loss = step(on_meta)["loss"]
         assert loss.device.type == "meta" and loss.shape == () and loss.requires_grad

@@ -336,6 +336,13 @@ def test_training_learns_exports_and_resumes_to_the_same_weights(tmp_path, one_t
     init = json.loads((tuned.run_dir / "box_unet.json").read_text())["training"]["init"]
     digest = hashlib.sha256((full.run_dir / "box_unet.safetensors").read_bytes()).hexdigest()
     assert init["sha256"] == digest and init["training"]["data_seed_range"] == [0, 2]
+    _train(tmp_path, "tuned2", init=str(full.run_dir), max_steps=2, checkpoint_every=1, eval_every=0, final_test=False)
+    shutil.rmtree(tmp_path / "tuned2" / "checkpoints" / "step_000002")        # as if killed after step 1
+    resumed = _train(tmp_path, "tuned2", init=str(full.run_dir), max_steps=2, checkpoint_every=1, eval_every=0,
+                     final_test=False, resume="latest")
+    assert json.loads((resumed.run_dir / "box_unet.json").read_text())["training"]["init"]["sha256"] == digest
+    with pytest.raises(ConfigError, match=r"^init: .*nowhere.*not found"):
+        _train(tmp_path, "other", init=str(tmp_path / "nowhere"))
     with pytest.raises(ConfigError, match=r"init .*: that U-Net is .*this config's network is"):
         _train(tmp_path, "other", init=str(full.run_dir), network={"input_size": 32, "channels": [4, 8, 16],
                                                                    "strides": [2, 2]})

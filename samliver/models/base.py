@@ -163,6 +163,15 @@ class PromptableSegmenter(nn.Module, ABC):
         return propagate_boxes(self, hu_volume, key_slice, prompts, window)
 
 
+def prompt_tensor(values: np.ndarray | torch.Tensor, device: torch.device,
+                  dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A prompt array (numpy or tensor) on ``device``, copied with ``non_blocking``: a blocking host-to-device
+    copy makes PyTorch wait for all work queued on the stream (the encoder's forward), a sync that a
+    training step must not have."""
+    tensor = values if isinstance(values, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(values))
+    return tensor.to(device=device, dtype=dtype, non_blocking=True)
+
+
 def window_to_rgb(hu_2d: np.ndarray, window: tuple[float, float]) -> np.ndarray:
     """Clip an HU slice ``(H, W)`` to ``window`` and scale to uint8 RGB ``(H, W, 3)`` (0 at lo, 255 at hi)."""
     lo, hi = window

@@ -12,7 +12,7 @@ from samliver.prompts import Prompts
 from samliver.registry import ModelSpec
 
 from . import fast_attention as _fast
-from .base import DecoderOutput, ImageEmbedding, PromptableSegmenter
+from .base import DecoderOutput, ImageEmbedding, PromptableSegmenter, prompt_tensor
 
 
 def build_sam_module(spec: ModelSpec) -> nn.Module:
@@ -92,15 +92,15 @@ class SamSegmenter(PromptableSegmenter):
         device = embedding.image_embeddings.device
         points = boxes = masks = None
         if prompts.points is not None:
-            coords = torch.as_tensor(self.convention.map_coords(prompts.points, image_size), device=device)
-            points = (coords, torch.as_tensor(prompts.point_labels, device=device))
+            coords = prompt_tensor(self.convention.map_coords(prompts.points, image_size), device)
+            points = (coords, prompt_tensor(prompts.point_labels, device))
         if prompts.boxes is not None:
-            boxes = torch.as_tensor(self.convention.map_boxes(prompts.boxes, image_size), device=device)
+            boxes = prompt_tensor(self.convention.map_boxes(prompts.boxes, image_size), device)
         if prompts.masks is not None:
-            masks = torch.as_tensor(prompts.masks, device=device)
+            masks = prompt_tensor(prompts.masks, device)
         sparse, dense = self.sam.prompt_encoder(points=points, boxes=boxes, masks=masks)
         if prompts.tokens is not None:
-            tokens = torch.as_tensor(prompts.tokens, device=device, dtype=sparse.dtype)
+            tokens = prompt_tensor(prompts.tokens, device, sparse.dtype)
             if sparse.shape[0] != tokens.shape[0]:  # token-only prompts: the encoder saw a batch of 1
                 sparse = sparse.expand(tokens.shape[0], -1, -1)
                 dense = dense.expand(tokens.shape[0], -1, -1, -1)

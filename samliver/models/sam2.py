@@ -19,7 +19,7 @@ from samliver.errors import PromptError
 from samliver.prompts import Prompts
 from samliver.registry import ModelSpec
 
-from .base import DecoderOutput, ImageEmbedding, PromptableSegmenter
+from .base import DecoderOutput, ImageEmbedding, PromptableSegmenter, prompt_tensor
 
 # Point labels of Meta's prompt encoder for the two box corners.
 _BOX_LABELS = (2, 3)
@@ -120,8 +120,8 @@ class Sam2Segmenter(PromptableSegmenter):
             labels.append(prompts.point_labels.astype(np.int64))
         if not coords:
             return None
-        xy = torch.as_tensor(np.concatenate(coords, axis=1), dtype=torch.float32, device=device)
-        lab = torch.as_tensor(np.concatenate(labels, axis=1), device=device)
+        xy = prompt_tensor(np.concatenate(coords, axis=1), device, torch.float32)
+        lab = prompt_tensor(np.concatenate(labels, axis=1), device)
         return xy[:, None], lab[:, None]
 
     def decode(self, embedding: ImageEmbedding, prompts: Prompts, image_size: tuple[int, int],
@@ -145,14 +145,14 @@ class Sam2Segmenter(PromptableSegmenter):
             if prompts.masks.shape[-2:] != (self.low_res_size, self.low_res_size):
                 raise PromptError(f"masks: expected (N, 1, {self.low_res_size}, {self.low_res_size}) low-res "
                                   f"logits for {self.spec.name}, got shape {prompts.masks.shape}")
-            masks = torch.as_tensor(prompts.masks, device=device, dtype=dtype)
+            masks = prompt_tensor(prompts.masks, device, dtype)
         sparse, dense = model.prompt_encoder(
             input_points=None if points is None else points[0], input_labels=None if points is None else points[1],
             input_boxes=None, input_masks=masks)
         if sparse is None:  # no boxes/points: like Meta, no sparse prompt at all (not even a padding point)
             sparse = image.new_zeros(n, 1, 0, model.config.prompt_encoder_config.hidden_size)
         if prompts.tokens is not None:
-            tokens = torch.as_tensor(prompts.tokens, device=device, dtype=sparse.dtype)
+            tokens = prompt_tensor(prompts.tokens, device, sparse.dtype)
             sparse = torch.cat([sparse, tokens[:, None]], dim=2)
         dense = dense.expand(n, -1, -1, -1)
         pe = model.get_image_wide_positional_embeddings().expand(n, -1, -1, -1)

@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from samliver.data import SliceDataset, build_augment, load_dataset
+from samliver.errors import CheckpointError
 from samliver.prompts.component_boxes import box_recall, boxes_from_probabilities
 from samliver.prompts.unet_boxes import UNetBoxGenerator, load_box_generator
 from samliver.prompts.unet_model import build_unet, stacks
@@ -127,7 +128,9 @@ def train_box_unet(config: BoxUNetTrainConfig, resume: str | None = None, overwr
             (run.root / name).unlink(missing_ok=True)
     accelerator.wait_for_everyone()
     if start_from is not None:
-        _check_same_network(RunFolder(start_from.parents[1], is_main=False).previous_run(), spec.to_json())
+        previous = RunFolder(start_from.parents[1], is_main=False).previous_run()
+        _check_same_network(previous, spec.to_json())
+        init_record = (previous or {}).get("init")      # a resumed run keeps where its first weights came from
     net.to(accelerator.device)
     cache_root = run.root / "cache" if config.cache_dir is None else Path(config.cache_dir)
     split = split_and_cache(replace(config, cache=config.cache_settings()), cache_root,
@@ -139,8 +142,8 @@ def train_box_unet(config: BoxUNetTrainConfig, resume: str | None = None, overwr
     sampler = EpochDraws(np.arange(len(slices)), slices.tumor_flags, config.tumor_fraction,
                          steps_per_epoch * per_step, config.seed)
     items = SliceItems(slices, config.seed, config.crop, config.crop_ratios)
-    loader = DataLoader(items, batch_size=config.batch_size, sampler=sampler,
-                        collate_fn=_collate, num_workers=config.num_workers)
+    loader = DataLoader(items, batch_size=config.batch_size, sampler=sampler, collate_fn=_collate,
+                        num_workers=config.num_workers, pin_memory=torch.cuda.is_available())
     val_cases = split.cases("val")
 
     loss_fn = make_loss(config.loss, config.class_weights, config.dice_batch).to(accelerator.device)
@@ -276,7 +279,10 @@ def _start_from(net: nn.Module, spec: Any, path: str) -> dict[str, Any]:
     from samliver.prompts.unet_model import file_pair
     from samliver.weights_store import sha256_file
 
-    start = load_box_generator(path, input_size=spec.input_size, in_channels=spec.in_channels)
+    try:
+        start = load_box_generator(path, input_size=spec.input_size, in_channels=spec.in_channels)
+    except CheckpointError as exc:
+        raise ConfigError(f"init: {exc}") from None
     if start.spec.to_json() != spec.to_json():
         raise ConfigError(f"init {path}: that U-Net is {start.spec.to_json()}, this config's network is "
                           f"{spec.to_json()}")

@@ -21,8 +21,18 @@ import yaml
 from .config import ConfigError, TrainConfig
 
 
-#: numbers in exponent form that PyYAML leaves as strings (it wants a dot: 5.0e-4)
-_YAML11_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading ``5e-4`` as a float as YAML 1.2 does (PyYAML follows YAML 1.1, which
+    wants a dot, ``5.0e-4``, and leaves ``5e-4`` a string)."""
+
+
+_ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+                                    list("-+0123456789."))
+
+
+def load_yaml(text: str) -> Any:
+    """A config's YAML text (a file, a ``--set`` value) as Python values."""
+    return yaml.load(text, Loader=_ConfigLoader)
 
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:
@@ -55,8 +65,6 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     elif base is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-        if isinstance(value, str) and _YAML11_EXPONENT.fullmatch(value.strip()):
-            return float(value)     # YAML 1.1 (PyYAML) reads 5e-4, without a dot, as a string
     elif base is str:
         if isinstance(value, str):
             return value
@@ -64,7 +72,7 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         if isinstance(value, (list, tuple)):
             return list(value)
         if isinstance(value, str):  # "0.8,0.2" from the command line
-            return [yaml.safe_load(v) for v in value.split(",")]
+            return [load_yaml(v) for v in value.split(",")]
     elif base is dict:
         if isinstance(value, Mapping):
             return dict(value)
@@ -113,7 +121,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         except ValueError as exc:
             raise ConfigError(f"--config {path}: {exc}") from None
     try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+        data = load_yaml(file.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{file}: config file not found") from None
     except (OSError, yaml.YAMLError) as exc:
@@ -160,7 +168,7 @@ def parse_assignment(text: str, what: str) -> tuple[str, Any]:
     if not sep or not key.strip():
         raise ConfigError(f"{what} {text!r}: expected KEY=VALUE")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return key.strip().replace("-", "_"), value

@@ -43,7 +43,7 @@ def make_accelerator(config: TrainConfig, logging_dir: Path) -> Any:
     and run each rank as a separate single-process job). DDP gets ``find_unused_parameters``: prompts
     vary from step to step, so some prompt-encoder or decoder parameters go unused in a given step.
     """
-    from accelerate import Accelerator, DistributedDataParallelKwargs
+    from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
     from accelerate.utils import DistributedType, ProjectConfiguration
 
     cpu = config.cpu or not torch.cuda.is_available()
@@ -54,7 +54,9 @@ def make_accelerator(config: TrainConfig, logging_dir: Path) -> Any:
                               log_with=trackers(config.log_with),
                               project_config=ProjectConfiguration(project_dir=str(logging_dir.parent),
                                                                   logging_dir=str(logging_dir)),
-                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+                              # batches (pinned by the loaders on CUDA) go to the device without a stream sync
+                              dataloader_config=DataLoaderConfiguration(non_blocking=True))
     sharded = {DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM}
     if accelerator.distributed_type in sharded:
         raise ConfigError(f"{accelerator.distributed_type.value} is not supported by samliver's loop yet: validation "

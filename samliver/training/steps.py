@@ -16,6 +16,7 @@ or precomputed ``image_embeddings`` (frozen encoders), so the step encodes only 
 
 from __future__ import annotations
 
+import copy
 import functools
 from typing import Any
 
@@ -23,7 +24,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from samliver.models.base import ImageEmbedding
+from samliver.models.base import ImageEmbedding, prompt_tensor
 
 from samliver.prompts import Prompts
 
@@ -62,8 +63,9 @@ class PromptedStep(nn.Module):
     """Prompts from ground truth -> decoder masks -> `MaskLoss` (see the module docstring).
 
     The prompts are drawn by ``self.prompter`` in the DataLoader (`samliver.training.data.TrainItems`),
-    so a step without corrective clicks never waits for the device: the only host reads are the
-    corrective rounds' predictions.
+    so the step reads nothing back from the device except the corrective rounds' predictions; prompts
+    go to the device with non-blocking copies (`samliver.models.base.prompt_tensor`). Each slice's loss
+    counts once per object and round.
     """
 
     def __init__(self, model: nn.Module, config: TrainConfig) -> None:
@@ -87,46 +89,48 @@ class PromptedStep(nn.Module):
         total, weight = None, 0
         for b, plan in enumerate(batch["prompt_plans"]):
             if isinstance(plan, TextPlan):
-                loss, count = self._text_loss(emb.select(b), plan, size), len(plan.texts)
+                loss_sum, count = self._text_loss(emb.select(b), plan, size)
             elif isinstance(plan, ClickPlan):
-                count = len(plan.masks)
-                loss = self._click_loss(emb.select(b), plan, batch["objects"][b, :count], size)
+                loss_sum, count = self._click_loss(emb.select(b), plan, batch["objects"][b, :len(plan.masks)], size)
             else:
                 continue
-            total = loss * count if total is None else total + loss * count
+            total = loss_sum if total is None else total + loss_sum
             weight += count
         if total is None:
             return {"loss": _zero_loss(self), "objects": torch.zeros((), device=emb.image_embeddings.device)}
-        return {"loss": total / weight, "objects": torch.tensor(float(weight), device=total.device)}
+        # torch.full, not torch.tensor: no host-to-device copy
+        return {"loss": total / weight, "objects": torch.full((), float(weight), device=total.device)}
 
     def _click_loss(self, emb: ImageEmbedding, plan: ClickPlan, masks: torch.Tensor,
-                    size: tuple[int, int]) -> torch.Tensor:
-        """Mean mask loss of one slice's K objects ``masks`` ``(K, H, W)`` over the initial round and the
-        corrective rounds."""
-        prompts, rounds, losses = plan.prompts, 1 + self.settings.corrective_clicks, []
+                    size: tuple[int, int]) -> tuple[torch.Tensor, int]:
+        """Mask losses of one slice's K objects ``masks`` ``(K, H, W)`` in the initial round and each
+        corrective round, each weighted by K. Returns ``(weighted sum, K x rounds)``."""
+        prompts, rounds, total = plan.prompts, 1 + self.settings.corrective_clicks, None
+        rng = copy.deepcopy(plan.rng)            # the same batch twice gives the same clicks
         for round_ in range(rounds):
             single_click = prompts.boxes is None and prompts.points is not None and prompts.points.shape[1] == 1
             multimask = self.settings.multimask and single_click
             out = self.model.decode(emb, prompts, size, multimask=multimask)
             logits = self.model.postprocess(out.low_res_logits, size)                  # (K, M, H, W)
-            losses.append(self.loss(logits, masks, out.iou_scores))
+            loss = self.loss(logits, masks, out.iou_scores) * len(masks)
+            total = loss if total is None else total + loss
             if round_ < rounds - 1:
                 best = out.iou_scores.argmax(dim=1)
                 pick = torch.arange(len(masks), device=best.device)
                 # The one read-back: the next click depends on this round's error.
                 predicted = (logits[pick, best] > 0).detach().cpu().numpy()
                 low_res = out.low_res_logits[pick, best][:, None].detach().float().cpu().numpy()
-                prompts = corrective_prompts(prompts, predicted, plan.masks, low_res, plan.rng)
-        return torch.stack(losses).mean()
+                prompts = corrective_prompts(prompts, predicted, plan.masks, low_res, rng)
+        return total, len(masks) * rounds
 
-    def _text_loss(self, emb: ImageEmbedding, plan: TextPlan, size: tuple[int, int]) -> torch.Tensor:
+    def _text_loss(self, emb: ImageEmbedding, plan: TextPlan, size: tuple[int, int]) -> tuple[torch.Tensor, int]:
         """Mask loss of one slice prompted by class text: tokens from the text projection (with
-        gradients), the whole class region as each query's target."""
+        gradients), the whole class region as each query's target. Returns ``(loss x Q, Q)``."""
         prompts = Prompts(tokens=self.model.text_prompts(plan.texts), labels=plan.labels)
         out = self.model.decode(emb, prompts, size, multimask=False)
         logits = self.model.postprocess(out.low_res_logits, size)
-        truth = torch.as_tensor(plan.targets, device=logits.device)
-        return self.loss(logits, truth, out.iou_scores)
+        truth = prompt_tensor(plan.targets, logits.device)
+        return self.loss(logits, truth, out.iou_scores) * len(plan.texts), len(plan.texts)
 
 
 class HeadStep(nn.Module):
