@@ -389,6 +389,25 @@ def _training_seeds() -> set[int]:
 
 
 @needs_bundled
+def test_load_model_applies_the_default_adapter(tmp_path, monkeypatch):
+    """``adapter="default"``: what ``segment --auto`` applies, for Python users."""
+    from samliver.adapters import AdapterError
+    from samliver.prompts import generators
+
+    default = samliver.load_model("samliver_tiny", adapter="default").state_dict()
+    named = samliver.load_model("samliver_tiny", adapter=WEIGHTS / "samliver_tiny_liver_tumor").state_dict()
+    bare = samliver.load_model("samliver_tiny").state_dict()
+    assert default.keys() == named.keys() and all(torch.equal(default[k], named[k]) for k in default)
+    assert default.keys() != bare.keys()
+    monkeypatch.setitem(generators._DEFAULT_ADAPTERS, "samliver_tiny", lambda: tmp_path / "gone")
+    with pytest.raises(AdapterError, match=r"adapter 'default': .*gone, the default adapter of samliver_tiny, is not"):
+        samliver.load_model("samliver_tiny", checkpoint="random", adapter="default")
+    monkeypatch.delitem(generators._DEFAULT_ADAPTERS, "samliver_tiny")
+    with pytest.raises(AdapterError, match="adapter 'default': model samliver_tiny has no default adapter"):
+        samliver.load_model("samliver_tiny", checkpoint="random", adapter="default")
+
+
+@needs_bundled
 def test_bundled_pipeline_on_unseen_phantoms():
     """Acceptance: liver Dice >= 0.7 and at least half of the lesions >= 10 mm touched by a predicted
     tumour, on liver-tumour phantoms that neither bundled model trained on."""

@@ -28,7 +28,9 @@ def load_model(name: str, checkpoint: str | Path | None = None, adapter: str | P
             safetensors); None looks for the spec's file in the weights folders
             (``$SAMLIVER_WEIGHTS``, the bundled ``weights/``, the user cache); ``"random"``
             keeps random weights (tests, benchmarks).
-        adapter: a saved adapter folder to apply on top (see `samliver.adapters`).
+        adapter: a saved adapter folder to apply on top (see `samliver.adapters`); ``"default"``: the
+            model's registered default, the one ``samliver segment --auto`` applies (for ``samliver_tiny``
+            the shipped liver-tumour LoRA, `samliver.prompts.generators.default_adapter`).
         fast_attention: run the SAM encoder's attention through the SDPA fast path (True), upstream's
             forward (False), or as ``$SAMLIVER_FAST_ATTENTION`` says (None: on unless it is ``0``).
         input_size: build the model at this square input side in pixels (a multiple of 16) instead of
@@ -40,6 +42,7 @@ def load_model(name: str, checkpoint: str | Path | None = None, adapter: str | P
             message names the file and the download command).
         CheckpointError: the file is unreadable or belongs to another architecture.
         InputSizeError: ``input_size`` is not a positive multiple of 16, or the family cannot change it.
+        AdapterError: the adapter does not fit, or ``"default"`` for a model without an installed one.
     """
     from samliver.weights_store import find_checkpoint, sha256_file
 
@@ -58,8 +61,21 @@ def load_model(name: str, checkpoint: str | Path | None = None, adapter: str | P
     if adapter is not None:
         from samliver.adapters import load_adapter
 
-        load_adapter(model, adapter)
+        load_adapter(model, _default_adapter(name) if str(adapter) == "default" else adapter)
     return model.to(device).eval()
+
+
+def _default_adapter(name: str) -> Path:
+    """The installed default adapter folder of model ``name``; AdapterError where there is none."""
+    from samliver.adapters import AdapterError
+    from samliver.prompts.generators import default_adapter
+
+    folder = default_adapter(name)
+    if folder is None:
+        raise AdapterError(f"adapter 'default': model {name} has no default adapter")
+    if not folder.is_dir():
+        raise AdapterError(f"adapter 'default': {folder}, the default adapter of {name}, is not installed")
+    return folder
 
 
 def _resized_spec(spec: ModelSpec, input_size: int) -> ModelSpec:
