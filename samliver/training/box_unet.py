@@ -312,4 +312,4 @@ def _check_same_network(previous: dict[str, Any] | None, network: dict[str, Any]
                           f"{network}")
 
 
-__all__ = ["BoxRunResult", "held_out_test", "train_box_unet"]
+__all__ = ["BoxRunResult", "train_box_unet"]

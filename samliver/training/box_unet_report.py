@@ -102,3 +102,6 @@ def report(info: dict[str, Any]) -> str:
 
 def fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
+
+
+__all__ = ["fmt", "held_out_test", "recall_table", "report", "training_record"]
