@@ -345,6 +345,23 @@ def test_augment_is_seeded_and_validates_its_config():
     assert set(build_augment(None).params) == {"flip", "rotate", "zoom", "elastic", "shift", "noise"}
 
 
+def test_items_without_objects_are_the_same_slices_and_labels(cached):
+    """``with_objects=False`` (the box U-Net's items) draws the same augmentation and leaves MONAI's global
+    MetaTensor tracking as it was."""
+    from monai.data import get_track_meta
+
+    with_objects = SliceDataset(cached, stack_depth=3, augment=build_augment({"seed": 0}))
+    without = SliceDataset(cached, stack_depth=3, augment=build_augment({"seed": 0}), with_objects=False)
+    for index in (0, 5, len(without) - 1):
+        with_objects.augment.set_random_state(index)
+        without.augment.set_random_state(index)
+        a, b = with_objects[index], without[index]
+        assert "objects" not in b and "object_labels" not in b and "objects" in a
+        torch.testing.assert_close(a["image"], b["image"], rtol=0, atol=0)
+        assert torch.equal(a["label"], b["label"]) and type(b["image"]) is torch.Tensor
+    assert get_track_meta()
+
+
 def test_dataset_with_default_augment_in_dataloader_workers(cached):
     sd = SliceDataset(cached, stack_depth=3, augment=build_augment({"seed": 0}))
     loader = DataLoader(sd, batch_size=4, sampler=TumorOversampler(sd, num_samples=8), num_workers=2,

@@ -78,12 +78,15 @@ class SliceDataset(TorchDataset):
         window: ``(lo, hi)`` HU (or a name for `window_for`) for int16 (HU) caches; default the cache's.
             A uint8 cache is already windowed: only its own window (or None) is accepted.
         min_object_pixels: objects smaller than this are not returned.
+        with_objects: False leaves ``objects`` / ``object_labels`` out of the items, for training that only
+            needs the label map (the box U-Net): finding and warping the objects costs more than the rest.
 
     Item ``i`` is a dict:
 
     - ``image``: float32 ``(D, H, W)`` windowed grey values in ``[0, 1]`` (``(1, H, W)`` for 2D);
     - ``label``: int64 ``(H, W)`` classes 0/1/2 of the centre slice;
-    - ``objects``: bool ``(N, H, W)`` masks; ``object_labels``: int64 ``(N,)`` (1 liver, 2 tumour);
+    - ``objects``: bool ``(N, H, W)`` masks; ``object_labels``: int64 ``(N,)`` (1 liver, 2 tumour); both
+      left out with ``with_objects=False``;
     - ``case`` (str), ``slice`` (int, centre slice index), ``spacing`` float32 ``(3,)`` (z, y, x) mm.
 
     ``tumor_flags`` / ``liver_flags`` ``(len,)`` bool say which items' centre slices hold tumour / liver
@@ -93,7 +96,7 @@ class SliceDataset(TorchDataset):
     def __init__(self, cache: CacheIndex | str | os.PathLike[str], case_names: Sequence[str] | None = None,
                  stack_depth: int = 1, targets: Sequence[str] = TARGETS,
                  augment: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-                 window: WindowLike | None = None, min_object_pixels: int = 1) -> None:
+                 window: WindowLike | None = None, min_object_pixels: int = 1, with_objects: bool = True) -> None:
         self.cache = cache if isinstance(cache, CacheIndex) else open_cache(cache)
         if isinstance(stack_depth, bool) or int(stack_depth) < 1 or int(stack_depth) % 2 == 0:
             raise ValueError(f"stack_depth must be an odd positive integer; got {stack_depth!r}")
@@ -101,6 +104,7 @@ class SliceDataset(TorchDataset):
         self.targets = _targets(targets)
         self.augment = augment
         self.min_object_pixels = int(min_object_pixels)
+        self.with_objects = bool(with_objects)
         self.window = self._window(window)
         names = self.cache.names if case_names is None else list(case_names)
         self.cases = [self.cache[n] for n in names]
@@ -154,16 +158,19 @@ class SliceDataset(TorchDataset):
             label = (label >= LIVER).astype(np.uint8) * np.uint8(LIVER)
         elif self.targets == ("tumor",):
             label = (label == TUMOR).astype(np.uint8) * np.uint8(TUMOR)
-        masks, labels = objects_from_label(label, liver="liver" in self.targets and case.has_liver,
-                                           tumor="tumor" in self.targets, min_pixels=self.min_object_pixels)
         sample: dict[str, Any] = {"image": image, "label": torch.from_numpy(label.astype(np.int64)),
-                                  "objects": torch.from_numpy(masks), "object_labels": torch.from_numpy(labels),
                                   "case": case.name, "slice": z,
                                   "spacing": torch.tensor(case.spacing, dtype=torch.float32)}
+        if self.with_objects:
+            masks, labels = objects_from_label(label, liver="liver" in self.targets and case.has_liver,
+                                               tumor="tumor" in self.targets, min_pixels=self.min_object_pixels)
+            sample["objects"], sample["object_labels"] = torch.from_numpy(masks), torch.from_numpy(labels)
         if self.augment is not None:
             sample = self.augment(sample)
-            keep = sample["objects"].flatten(1).any(1) if len(labels) else torch.zeros(0, dtype=torch.bool)
-            sample["objects"], sample["object_labels"] = sample["objects"][keep], sample["object_labels"][keep]
+            if self.with_objects:
+                objects, labels = sample["objects"], sample["object_labels"]
+                keep = objects.flatten(1).any(1) if len(labels) else torch.zeros(0, dtype=torch.bool)
+                sample["objects"], sample["object_labels"] = objects[keep], labels[keep]
         return sample
 
 

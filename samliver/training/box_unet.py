@@ -136,7 +136,7 @@ def train_box_unet(config: BoxUNetTrainConfig, resume: str | None = None, overwr
     split = split_and_cache(replace(config, cache=config.cache_settings()), cache_root,
                             accelerator.is_main_process, accelerator.wait_for_everyone)
     augment = build_augment(None if config.augment is True else config.augment) if config.augment else None
-    slices = SliceDataset(split.cache, split.train, stack_depth=spec.in_channels, augment=augment)
+    slices = SliceDataset(split.cache, split.train, stack_depth=spec.in_channels, augment=augment, with_objects=False)
     per_step = config.batch_size * config.gradient_accumulation_steps * accelerator.num_processes
     steps_per_epoch = max(1, math.ceil(len(slices) / per_step))
     sampler = EpochDraws(np.arange(len(slices)), slices.tumor_flags, config.tumor_fraction,
