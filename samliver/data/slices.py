@@ -79,7 +79,7 @@ class SliceDataset(TorchDataset):
             A uint8 cache is already windowed: only its own window (or None) is accepted.
         min_object_pixels: objects smaller than this are not returned.
         with_objects: False leaves ``objects`` / ``object_labels`` out of the items, for training that only
-            needs the label map (the box U-Net): finding and warping the objects costs more than the rest.
+            needs the label map (the box U-Net), saving the time to find and warp them.
 
     Item ``i`` is a dict:
 
