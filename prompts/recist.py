@@ -185,7 +185,7 @@ def _pixels_mm(mask_2d: np.ndarray, sy: float, sx: float) -> tuple[np.ndarray, n
 def _long_axis(mask_2d: np.ndarray, sy: float, sx: float) -> tuple[np.ndarray, float]:
     """Pixel centres ``(2, 2)`` ``(x, y)`` of the longest in-plane diameter and its length in mm.
 
-    The same measurement as `samliver.evaluation.lesions.longest_axial_diameter` (which gives
+    The same measurement as `samliver.evaluation.lesion_sizes.longest_axial_diameter` (which gives
     only the length): the extreme pixels of each row hold every convex-hull vertex; the pair
     furthest apart among the hull's vertices is the diameter.
     """

@@ -2,7 +2,7 @@
 
 The liver organ is labels 1 and 2 together (as LiTS scores it). Connected components are
 3D with 26-connectivity (voxels touching by a face, edge or corner), as lesions are counted in
-`samliver.evaluation.lesions`; holes are filled slice by slice (an enclosed background region
+`samliver.evaluation.lesion_sizes`; holes are filled slice by slice (an enclosed background region
 of an axial slice, e.g. a vessel or an unsegmented lesion), which also fills every hole
 enclosed in 3D. scipy.ndimage does the labelling and filling.
 """

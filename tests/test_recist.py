@@ -10,7 +10,7 @@ from scipy.spatial.distance import pdist, squareform
 import samliver
 from samliver.errors import PromptError, SamliverError
 from samliver.evaluation import evaluate, get_setting
-from samliver.evaluation.lesions import longest_axial_diameter
+from samliver.evaluation.lesion_sizes import longest_axial_diameter
 from samliver.prompts import from_recist, recist_from_mask, recist_prompts
 
 PHANTOM = "phantom:tiny?n=1&seed=100"

@@ -1,9 +1,9 @@
-"""Evaluation: segmentation metrics (:mod:`.metrics`), lesion-wise metrics (:mod:`.lesions`) and
-clinical measurements (:mod:`.clinical`)."""
+"""Evaluation: segmentation metrics (:mod:`.metrics`), lesions and their sizes (:mod:`.lesion_sizes`),
+lesion-wise detection metrics (:mod:`.lesions`) and clinical measurements (:mod:`.clinical`)."""
 
-from . import clinical, lesions, metrics
+from . import clinical, lesion_sizes, lesions, metrics
 
-__all__ = ["clinical", "lesions", "metrics"]
+__all__ = ["clinical", "lesion_sizes", "lesions", "metrics"]
 
 # The evaluation run (cases × targets × prompt settings), its settings registry and outputs.
 from .outputs import RunFolderError, compare_runs, format_compare  # noqa: E402
