@@ -25,15 +25,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from samliver.errors import PromptError, WeightsNotFoundError
+from samliver.errors import CheckpointError, PromptError, WeightsNotFoundError
 
 from .component_boxes import LIVER, MIN_AREA_MM2, TUMOR, boxes_from_masks, check_spacing, class_masks
 from .types import Prompts
-from .unet_model import BoxUNetSpec, build_unet, grey_slices, read_files, stacks, write_files
+from .unet_model import BoxUNetSpec, build_unet, file_pair, grey_slices, read_files, stacks, write_files
 
 BUNDLED_NAME = "box_unet_phantom"
 BUNDLED_TRAIN = "bash scripts/train_box_unet.sh"
 #: box parameters a generator has (keyword arguments of `boxes_from_probabilities`)
+#: the generator's probability threshold when none is given
+DEFAULT_THRESHOLD = 0.5
 BOX_PARAMS = ("threshold", "margin_mm", "min_area_mm2", "min_slices", "low_threshold")
 #: what a generator saves as its defaults: the box parameters and test-time mirroring
 SAVED_PARAMS = (*BOX_PARAMS, "mirror")
@@ -60,14 +62,14 @@ class UNetBoxGenerator:
         record: the saved JSON (training info), kept for `save`.
     """
 
-    def __init__(self, net: nn.Module, spec: BoxUNetSpec, threshold: float = 0.5, margin_mm: float = 3.0,
-                 min_area_mm2: float = MIN_AREA_MM2, min_slices: int = 2, low_threshold: float | None = None,
+    def __init__(self, net: nn.Module, spec: BoxUNetSpec, threshold: float = DEFAULT_THRESHOLD,
+                 margin_mm: float = 3.0, min_area_mm2: float = MIN_AREA_MM2, min_slices: int = 2,
+                 low_threshold: float | None = None,
                  mirror: bool = False, batch_size: int = 16, device: str | torch.device = "cpu",
                  record: dict[str, Any] | None = None) -> None:
         check_params(threshold=threshold, margin_mm=margin_mm, min_area_mm2=min_area_mm2, min_slices=min_slices,
                      low_threshold=low_threshold, mirror=mirror, batch_size=batch_size)
-        if low_threshold is not None and low_threshold > threshold:
-            raise PromptError(f"low_threshold: must not exceed threshold {threshold}, got {low_threshold}")
+        check_hysteresis(threshold, low_threshold)
         self.spec = spec
         self.net = net.eval()
         self.threshold, self.margin_mm = float(threshold), float(margin_mm)
@@ -184,6 +186,13 @@ def check_params(**params: Any) -> None:
             raise PromptError(f"{name}: {text}, got {value!r}")
 
 
+def check_hysteresis(threshold: float, low_threshold: float | None) -> None:
+    """Hysteresis grows components from ``threshold`` down to ``low_threshold``, so the low one may not be higher;
+    raises `PromptError` naming both."""
+    if low_threshold is not None and low_threshold > threshold:
+        raise PromptError(f"low_threshold: must not exceed threshold {threshold}, got {low_threshold}")
+
+
 def _resize(probs: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """``(B, K, S, S)`` -> ``(B, K, H, W)``; bilinear with half-pixel centres, as ``grid_mode`` zoom resizes."""
     if tuple(probs.shape[-2:]) == tuple(size):
@@ -202,13 +211,20 @@ def load_box_generator(path: str | Path, device: str | torch.device = "cpu", inp
             ``min_slices``, ``mirror`` (and ``batch_size``).
 
     Raises:
-        CheckpointError: a missing file, or weights that do not fit their JSON or the request (one line).
+        CheckpointError: a missing file, weights that do not fit their JSON or the request, or saved box
+            parameters out of range (one line, naming the file).
+        PromptError: ``box_params`` out of range, or a ``low_threshold`` above the threshold.
     """
     check_params(**box_params)
     spec, state, record = read_files(path, input_size=input_size, in_channels=in_channels)
     net = build_unet(spec)
     net.load_state_dict(state)
     saved = {k: v for k, v in dict(record.get("boxes") or {}).items() if k in SAVED_PARAMS}
+    try:
+        check_params(**saved)
+        check_hysteresis(saved.get("threshold", DEFAULT_THRESHOLD), saved.get("low_threshold"))
+    except PromptError as exc:
+        raise CheckpointError(f"{file_pair(path)[1]}: saved boxes.{exc}") from None
     return UNetBoxGenerator(net, spec, **{**saved, **box_params}, device=device, record=record)
 
 
@@ -232,5 +248,5 @@ def bundled_box_generator(device: str | torch.device = "cpu", **box_params: Any)
     return load_box_generator(bundled_box_path(), device=device, **box_params)
 
 
-__all__ = ["BOX_PARAMS", "BUNDLED_NAME", "MIRRORS", "SAVED_PARAMS", "UNetBoxGenerator", "bundled_box_generator",
-           "bundled_box_path", "check_params", "load_box_generator"]
+__all__ = ["BOX_PARAMS", "BUNDLED_NAME", "DEFAULT_THRESHOLD", "MIRRORS", "SAVED_PARAMS", "UNetBoxGenerator",
+           "bundled_box_generator", "bundled_box_path", "check_hysteresis", "check_params", "load_box_generator"]

@@ -11,7 +11,9 @@ The input is made exactly as the training cache makes its slices (`samliver.data
 
 Files: ``NAME.safetensors`` (the state dict; its metadata repeats the input size, channels, window and
 classes) and ``NAME.json`` (architecture, input, classes, the generator's box parameters, training
-record, versions). `read_files` checks that the two belong together.
+record, versions, and the weights file's sha256). `write_files` writes the weights first, then the JSON,
+each atomically; `read_files` checks that the two belong together (the sha256, where the JSON has one:
+files written before it was recorded are checked by input size and tensor shapes only).
 """
 
 from __future__ import annotations
@@ -144,8 +146,11 @@ def file_pair(path: str | Path) -> tuple[Path, Path]:
 
 
 def write_files(net: nn.Module, spec: BoxUNetSpec, path: str | Path, record: dict[str, Any]) -> Path:
-    """Write ``NAME.safetensors`` and ``NAME.json`` (each atomically) for ``path`` (see `file_pair`);
-    ``record`` adds ``boxes``, ``training`` and the like to the JSON. Returns the safetensors path."""
+    """Write ``NAME.safetensors`` and then ``NAME.json`` (each atomically; the JSON names the weights' sha256, so
+    a pair left mixed by a failed save is refused on reading) for ``path`` (see `file_pair`); ``record`` adds
+    ``boxes``, ``training`` and the like to the JSON. Returns the safetensors path."""
+    import hashlib
+
     import monai
     from safetensors.torch import save
 
@@ -156,12 +161,14 @@ def write_files(net: nn.Module, spec: BoxUNetSpec, path: str | Path, record: dic
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     meta = {"input_size": spec.input_size, "in_channels": spec.in_channels, "context": spec.context,
             "window": list(spec.window), "classes": list(CLASSES)}
+    blob = save(state, metadata={"format": "pt", _META_KEY: json.dumps(meta)})
     body = {"format": FORMAT, "format_version": FORMAT_VERSION, "architecture": "monai.networks.nets.UNet",
             "network": spec.to_json(), "classes": list(CLASSES),
             "input": "2*context+1 adjacent axial slices, CT window -> [0, 1], resized to input_size^2 "
                      "(scipy.ndimage.zoom order 1, grid_mode)",
-            **record, "samliver_version": samliver.__version__, "monai_version": monai.__version__}
-    write_bytes_atomic(weights, save(state, metadata={"format": "pt", _META_KEY: json.dumps(meta)}))
+            **record, "samliver_version": samliver.__version__, "monai_version": monai.__version__,
+            "weights_sha256": hashlib.sha256(blob).hexdigest()}
+    write_bytes_atomic(weights, blob)
     write_bytes_atomic(config, (json.dumps(body, indent=2) + "\n").encode())
     return weights
 
@@ -176,16 +183,24 @@ def read_files(path: str | Path, input_size: int | None = None,
 
     Raises:
         CheckpointError: a missing or unreadable file, or a mismatch, named in one line: the weights'
-            input channels or input size against the JSON, or either against what the caller expects.
+            sha256, input channels or input size against the JSON, or either against what the caller expects.
     """
+    import hashlib
+
     from safetensors import SafetensorError, safe_open
 
+    path = Path(path)
+    if path.is_file() and path.suffix not in (".safetensors", ".json"):
+        raise CheckpointError(f"{path}: not a box U-Net file; give NAME.safetensors or NAME.json of a saved "
+                              f"pair, or a folder holding {DEFAULT_NAME}.safetensors + {DEFAULT_NAME}.json")
     weights, config = file_pair(path)
     for file in (weights, config):
         if not file.is_file():
             raise CheckpointError(f"{file}: not found; a box U-Net is saved as {weights.name} + {config.name}")
     try:
         body = json.loads(config.read_text(encoding="utf-8"))
+        if not isinstance(body, dict) or not isinstance(body.get("boxes") or {}, dict):
+            raise ValueError("expected a JSON object with a 'boxes' object")
         if body.get("format") != FORMAT:
             raise ValueError(f"format is {body.get('format')!r}, not {FORMAT!r}")
         if body.get("format_version", 0) > FORMAT_VERSION:
@@ -206,6 +221,10 @@ def read_files(path: str | Path, input_size: int | None = None,
         raise CheckpointError(f"{weights}: trained for {meta['input_size']} px input, but {config.name} says "
                               f"{spec.input_size} px; the two files come from different checkpoints")
     _check_state(state, spec, weights, config.name)
+    digest = body.get("weights_sha256")
+    if digest is not None and hashlib.sha256(weights.read_bytes()).hexdigest() != digest:
+        raise CheckpointError(f"{weights}: not the weights {config.name} was saved with (sha256 differs); "
+                              "the two files come from different saves")
     if input_size is not None and int(input_size) != spec.input_size:
         raise CheckpointError(f"{weights}: box U-Net for {spec.input_size} px input, not the {input_size} px asked for")
     if in_channels is not None and int(in_channels) != spec.in_channels:
@@ -217,7 +236,11 @@ def read_files(path: str | Path, input_size: int | None = None,
 def _check_state(state: dict[str, torch.Tensor], spec: BoxUNetSpec, weights: Path, config_name: str) -> None:
     """Every tensor of the architecture ``spec`` describes is in ``state`` with its shape; the input layer's
     channel count is named on its own (the usual mix-up: a 2D checkpoint with a 2.5D config)."""
-    reference = build_unet(spec).state_dict()
+    try:
+        reference = build_unet(spec).state_dict()
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{weights.with_name(config_name)}: network settings MONAI's UNet refuses "
+                              f"({exc})") from None
     first = next(k for k, v in reference.items() if v.ndim == 4)
     if first in state and state[first].ndim == 4 and state[first].shape[1] != spec.in_channels:
         have = int(state[first].shape[1])

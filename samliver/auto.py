@@ -1,5 +1,5 @@
 """Fully automatic segmentation: a box generator's prompts, refined by the model, become a
-3D label map (1 liver, 2 tumour, tumours only in the liver), optionally cleaned in 3D.
+3D label map (1 liver, 2 tumour; tumour components that touch no liver dropped), optionally cleaned in 3D.
 
 `Predictor.segment_auto` is the entry point; this module holds its steps. Without a generator,
 a model with a prompt-free head (``decoder`` adapter, ``head: multiclass``) uses the head, and
@@ -17,6 +17,7 @@ from samliver.cleanup import LIVER, TUMOUR, cleanup_labels, constrain_tumours
 from samliver.errors import SamliverError
 from samliver.inference import decode_objects
 from samliver.prompts import Prompts
+from samliver.prompts.component_boxes import check_spacing
 from samliver.prompts.generators import BoxGenerator, check_generated, default_box_generator
 
 if TYPE_CHECKING:
@@ -37,8 +38,9 @@ def model_name(model) -> str:
 
 
 def resolve_generator(model, box_generator: BoxGenerator | None) -> BoxGenerator | None:
-    """The generator `segment_auto` uses: ``box_generator`` if given; None for a model with a
-    prompt-free head (the head segments); else the model's registered default.
+    """The generator `segment_auto` uses: ``box_generator`` if given (as it is); None for a model with a
+    prompt-free head (the head segments); else the model's registered default, moved to the model's device
+    where it has a ``to`` (the bundled U-Net runs beside the model, not on the CPU while the model is on a GPU).
 
     Raises:
         TypeError: ``box_generator`` is not callable (e.g. a window passed by position).
@@ -58,6 +60,9 @@ def resolve_generator(model, box_generator: BoxGenerator | None) -> BoxGenerator
             f"{name} has no prompt-free head and no default box generator: pass box_generator= (e.g. "
             f"samliver.prompts.unet_boxes.load_box_generator(PATH)), or train a 'decoder' adapter with "
             f"head: multiclass")
+    device = getattr(model, "device", None)
+    if device is not None and callable(getattr(generator, "to", None)):
+        generator.to(device)
     return generator
 
 
@@ -97,7 +102,7 @@ def segment_auto(predictor: "Predictor", volume, box_generator: BoxGenerator | N
     if spacing is None:
         raise MissingSpacingError("segment_auto: a (Z, H, W) array carries no voxel spacing, which the box "
                                   "generator needs; pass spacing=(z, y, x) in mm, or a CTVolume")
-    spacing = tuple(float(s) for s in spacing)
+    spacing = check_spacing(spacing)
     prompts = check_generated(generator(hu, spacing), hu.shape[0])
     labels = constrain_tumours(*decode_generated(predictor, hu, prompts, window))
     return cleanup_labels(labels) if cleanup else labels

@@ -24,10 +24,12 @@ def _check(labels: np.ndarray) -> np.ndarray:
 
 
 def constrain_tumours(liver: np.ndarray, tumour: np.ndarray) -> np.ndarray:
-    """Join a liver mask and a tumour mask ``(Z, Y, X)`` bool into labels, tumours only in the liver.
+    """Join a liver mask and a tumour mask ``(Z, Y, X)`` bool into labels, keeping the tumours that touch the liver.
 
-    A tumour component (3D, 26-connected) is kept when it touches the liver (overlaps it or is
-    26-adjacent to it) and is written as 2, over the liver; other tumour components are dropped.
+    A tumour component (3D, 26-connected) is kept whole when it touches the liver (overlaps it or is
+    26-adjacent to it) and is written as 2, over the liver; other tumour components are dropped. A kept
+    lesion is not clipped to the liver mask: one at the liver's edge may bulge beyond it (as exophytic
+    lesions do); with LiTS's convention its voxels then belong to the liver organ (labels 1 and 2).
 
     Returns:
         ``(Z, Y, X)`` uint8: 1 liver, 2 tumour, 0 elsewhere (a dropped tumour leaves what the

@@ -133,7 +133,7 @@ class Predictor:
             volume: a `CTVolume` or a ``(Z, H, W)`` HU array (canonical orientation).
             box_generator: ``(hu, spacing) -> {slice: Prompts}`` (`samliver.prompts.generators.BoxGenerator`).
             cleanup: 3D cleanup (`samliver.cleanup.cleanup_labels`): the largest liver component,
-                holes filled, tumour only in the liver.
+                holes filled, tumour components that touch no liver voxel dropped.
             window: ``(lo, hi)`` HU, overriding the model's default CT window.
             spacing: ``(z, y, x)`` mm for a bare array (a `CTVolume` carries its own).
         Returns:

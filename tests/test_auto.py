@@ -21,7 +21,7 @@ from samliver.auto import MissingSpacingError, NoAutomaticPromptsError
 from samliver.cleanup import cleanup_labels, constrain_tumours
 from samliver.cli.main import main
 from samliver.data import load_dataset, make_phantom
-from samliver.errors import SamliverError
+from samliver.errors import PromptError, SamliverError
 from samliver.evaluation import evaluate
 from samliver.evaluation.generator_settings import AutoSetting
 from samliver.models.sam import SamSegmenter
@@ -107,8 +107,10 @@ def test_constrain_tumours_keeps_only_tumours_touching_the_liver():
     tumour[4, 10, 10] = True            # touches the liver's corner voxel (4, 9, 9) diagonally
     tumour[1:3, 14:18, 14:18] = True    # far away
     tumour[5, 12:14, 2:4] = True        # one voxel gap to the liver: not touching
+    tumour[2, 8:14, 4:6] = True         # at the liver's edge, bulging 4 voxels beyond it: kept whole
     out = constrain_tumours(liver, tumour)
     np.testing.assert_array_equal(out, _expected_constraint(liver, tumour))
+    assert (out[2, 8:14, 4:6] == 2).all() and out[1, 15, 15] == 0
     assert out[2, 6, 6] == 2 and out[4, 10, 10] == 2 and out[1, 15, 15] == 0 and out[5, 12, 2] == 0
     assert set(np.unique(out)) == {0, 1, 2} and (out[liver & ~tumour] == 1).all()
     assert not constrain_tumours(np.zeros_like(liver), tumour).any()
@@ -118,7 +120,6 @@ def test_cleanup_labels_keeps_the_largest_liver_fills_holes_and_drops_stray_tumo
     labels = np.zeros((8, 24, 24), np.uint8)
     labels[1:7, 2:14, 2:14] = 1          # the liver
     labels[3, 6:9, 6:9] = 0              # a hole in one slice (a vessel)
-    labels[2:5, 4:11, 4:11][labels[2:5, 4:11, 4:11] == 1] = 1
     labels[5, 3:8, 3:8] = 2              # a tumour ring with a hole in its middle
     labels[5, 5, 5] = 1
     labels[2, 16:22, 16:22] = 1          # a smaller second liver component, with a tumour
@@ -218,6 +219,18 @@ def test_the_models_default_generator_is_used(model, case, monkeypatch):
     np.testing.assert_array_equal(predictor.segment_auto(case.image), predictor.segment_auto(case.image, oracle))
     assert len(oracle.calls) == 2
 
+    class OnDevice(Oracle):             # the default generator is moved to the model's device; a given one is not
+        def to(self, device):
+            self.moved_to.append(device)
+            return self
+
+    placed = OnDevice(case.label)
+    placed.moved_to = []
+    monkeypatch.setitem(generators._DEFAULTS, "samliver_tiny", (lambda: placed, "a test oracle"))
+    predictor.segment_auto(case.image)
+    predictor.segment_auto(case.image, placed)
+    assert placed.moved_to == [model.device] and len(placed.calls) == 2
+
 
 def test_missing_bundled_unet_is_a_one_line_error(model, case, tmp_path, monkeypatch):
     from samliver import weights_store
@@ -249,6 +262,9 @@ def test_what_is_missing_is_said(model, case, monkeypatch):
     predictor = samliver.Predictor(model)
     with pytest.raises(MissingSpacingError, match=r"pass spacing=\(z, y, x\)"):
         predictor.segment_auto(case.image.array, Oracle(case.label))
+    for spacing in (2.0, (1, "x", 1), (1.0, 0.0, 1.0)):
+        with pytest.raises(PromptError, match=r"spacing: expected .*\(z, y, x\).* in mm, got"):
+            predictor.segment_auto(case.image.array, Oracle(case.label), spacing=spacing)
     with pytest.raises(TypeError, match="pass window= by keyword"):
         predictor.segment_auto(case.image, (-100, 200))
     monkeypatch.setattr(generators, "_DEFAULTS", {})
@@ -324,7 +340,8 @@ def test_cli_auto_writes_labels_on_the_ct_grid(tmp_path, tiny_checkpoint, model,
     for extra, name, expected in (([], "auto.nii.gz", cleanup_labels(raw)), (["--no-cleanup"], "raw.nii.gz", raw)):
         rc = main(["segment", str(image), "--model", "samliver_tiny", "--checkpoint", str(tiny_checkpoint),
                    "--auto", *extra, "-o", str(tmp_path / name)])
-        assert rc == 0 and "label 2" in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert rc == 0 and "label 2" in out and "default adapter fits its bundled weights, not --checkpoint" in out
         src, written = nib.load(image), nib.load(tmp_path / name)
         np.testing.assert_array_equal(written.affine, src.affine)
         assert written.shape == src.shape

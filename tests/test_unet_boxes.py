@@ -246,6 +246,45 @@ def test_checkpoint_for_other_channels_or_size_is_refused(tmp_path):
         load_box_generator(tmp_path / "nowhere")
 
 
+def test_a_mixed_or_malformed_pair_is_refused_naming_the_file(tmp_path):
+    import hashlib
+
+    # same architecture, other weights: only the sha256 in the JSON tells the files apart (a save that died
+    # between its two writes, or a hand-copied file)
+    generator(seed=1).save(tmp_path / "a")
+    generator(seed=2).save(tmp_path / "b")
+    body = json.loads((tmp_path / "a" / "box_unet.json").read_text())
+    digest = hashlib.sha256((tmp_path / "a" / "box_unet.safetensors").read_bytes()).hexdigest()
+    assert body["weights_sha256"] == digest
+    shutil.copy(tmp_path / "b" / "box_unet.safetensors", tmp_path / "a" / "box_unet.safetensors")
+    with pytest.raises(CheckpointError) as exc:
+        load_box_generator(tmp_path / "a")
+    assert "box_unet.safetensors: not the weights box_unet.json was saved with (sha256 differs)" in _one_line(exc)
+
+    good = tmp_path / "b" / "box_unet.json"
+    for name, edit, message in (
+            ("list", lambda b: [b], "not a usable box U-Net config (expected a JSON object with a 'boxes' object)"),
+            ("boxes", lambda b: {**b, "boxes": "0.4"}, "expected a JSON object with a 'boxes' object"),
+            ("units", lambda b: {**b, "network": {**b["network"], "num_res_units": "1"}},
+             "network settings MONAI's UNet refuses"),
+            ("threshold", lambda b: {**b, "boxes": {**b["boxes"], "threshold": 1.5}},
+             "saved boxes.threshold: must lie strictly between 0 and 1, got 1.5"),
+            ("hysteresis", lambda b: {**b, "boxes": {**b["boxes"], "threshold": 0.4, "low_threshold": 0.7}},
+             "saved boxes.low_threshold: must not exceed threshold 0.4, got 0.7")):
+        folder = tmp_path / name
+        shutil.copytree(tmp_path / "b", folder)
+        (folder / "box_unet.json").write_text(json.dumps(edit(json.loads(good.read_text()))))
+        with pytest.raises(CheckpointError) as exc:
+            load_box_generator(folder)
+        assert str(folder) in str(exc.value) and message in _one_line(exc), name
+
+    other = tmp_path / "gen.pt"
+    other.write_bytes(b"")
+    with pytest.raises(CheckpointError) as exc:
+        load_box_generator(other)
+    assert f"{other}: not a box U-Net file; give NAME.safetensors or NAME.json" in _one_line(exc)
+
+
 # ------------------------------------------------------------------ the shipped U-Net
 
 
@@ -355,6 +394,8 @@ def test_command_line_mistakes_are_one_line(tmp_path, capsys):
     for args, message in ((["--set", "boxes.margn_mm=3"], "unknown boxes key 'margn_mm'"),
                           (["--input-size", "100"], "network: input_size 100 must be a multiple of 16"),
                           (["--set", "cache.size=64"], "cache.size: set by the network"),
+                          (["--set", "boxes.low_threshold=0.7"],
+                           "boxes.low_threshold: must not exceed threshold 0.4, got 0.7"),
                           (["--max-stesp", "3"], "did you mean --max-steps?")):
         assert main([*args, "--output-dir", str(tmp_path / "out")]) == 2
         err = capsys.readouterr().err.strip()

@@ -42,7 +42,7 @@ def add_parser(subparsers) -> None:
                    help="--auto: skip the 3D cleanup (largest liver component, holes filled)")
     p.add_argument("--adapter", metavar="DIR",
                    help="a saved adapter folder to apply to the model; with --auto the model's bundled default "
-                        "(samliver_tiny: its liver-tumour LoRA adapter) unless 'none'")
+                        "(samliver_tiny: its liver-tumour LoRA adapter) unless 'none' or --checkpoint is given")
     p.add_argument("--label", action="append", type=int, metavar="N",
                    help="label of the --box objects: once for all, or once per --box (default 1)")
     p.add_argument("--propagate", action="store_true",
@@ -109,13 +109,14 @@ def box_objects(boxes: list[str], labels: list[int] | None) -> list[dict]:
     return objects
 
 
-def load_box_generator(path: str):
-    """A saved U-Net box generator (`samliver.prompts.unet_boxes`), imported only when asked for."""
+def load_box_generator(path: str, device: str | None = None):
+    """A saved U-Net box generator (`samliver.prompts.unet_boxes`) on ``device`` (None: the CPU), imported only
+    when asked for."""
     try:
         from samliver.prompts.unet_boxes import load_box_generator as load
     except ImportError as exc:
         raise SamliverError(f"--box-generator {path}: U-Net box generators are unavailable ({exc})") from None
-    return load(path)
+    return load(path, device=device or "cpu")
 
 
 def load_segment_model(args: argparse.Namespace):
@@ -123,12 +124,16 @@ def load_segment_model(args: argparse.Namespace):
     import samliver
 
     adapter = args.adapter
-    if adapter is None and args.auto and args.checkpoint is None:  # the default adapter fits the default base
+    if adapter is None and args.auto:
         from samliver.prompts.generators import default_adapter
 
-        adapter = default_adapter(args.model)
-        if adapter is not None:
+        default = default_adapter(args.model)
+        if default is not None and args.checkpoint is None:    # the default adapter fits the default base
+            adapter = default
             print(f"--auto: applying {args.model}'s default adapter {adapter} (--adapter none: the bare model)")
+        elif default is not None:
+            print(f"--auto: {args.model}'s default adapter fits its bundled weights, not --checkpoint, so it is "
+                  "not applied; --adapter DIR applies one")
     if adapter is not None and str(adapter).lower() == "none":
         adapter = None
     return samliver.load_model(args.model, checkpoint=args.checkpoint, adapter=adapter, device=args.device)
@@ -180,7 +185,7 @@ def run(args: argparse.Namespace, model=None) -> int:
         prompts = text_slice_prompts(model, args.text, text_slices, args.label)
     predictor = samliver.Predictor(model)
     if args.auto:
-        generator = load_box_generator(args.box_generator) if args.box_generator else None
+        generator = load_box_generator(args.box_generator, args.device) if args.box_generator else None
         mask = predictor.segment_auto(ct, generator, cleanup=not args.no_cleanup, window=window)
     elif args.propagate:
         mask = np.zeros(ct.array.shape, np.uint8)

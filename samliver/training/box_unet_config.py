@@ -101,7 +101,7 @@ class BoxUNetTrainConfig:
     def validate(self) -> "BoxUNetTrainConfig":
         """Check values that do not depend on files; raises ConfigError naming the key."""
         from samliver.errors import PromptError
-        from samliver.prompts.unet_boxes import SAVED_PARAMS, check_params
+        from samliver.prompts.unet_boxes import DEFAULT_THRESHOLD, SAVED_PARAMS, check_hysteresis, check_params
 
         check_loop_settings(self)
         _choice("loss", self.loss, ("dice_ce", "dice_focal"))
@@ -132,6 +132,7 @@ class BoxUNetTrainConfig:
             raise ConfigError(f"unknown boxes key {unknown[0]!r}; known: {', '.join(SAVED_PARAMS)}")
         try:
             check_params(**self.boxes)
+            check_hysteresis(self.boxes.get("threshold", DEFAULT_THRESHOLD), self.boxes.get("low_threshold"))
         except PromptError as exc:
             raise ConfigError(f"boxes.{exc}") from None
         return self
