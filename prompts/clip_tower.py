@@ -121,16 +121,19 @@ def text_tower(spec: TextTowerSpec) -> ClipTextTower:
 
 
 def check_tower_source(spec: TextTowerSpec) -> None:
-    """A quick check, without building anything, that ``spec``'s files are here: a ``.json`` config or
-    weights file exists, a ``hf-hub:`` model is in the local Hugging Face cache. (Training calls it
-    before preparing data; `text_tower` still reports any other problem when it builds the tower.)
+    """A quick check, without building anything, that ``spec``'s files are here: a plain model name is one
+    open_clip knows, a ``.json`` config or weights file exists, a ``hf-hub:`` model is in the local Hugging
+    Face cache. (Training calls it before preparing data; `text_tower` still reports any other problem when
+    it builds the tower.)
 
     Raises:
-        TextTowerError: naming the missing file or model.
+        TextTowerError: naming the unknown model or the missing file.
     """
     model, ckpt = spec.model, spec.checkpoint
     if model.endswith(".json") and not Path(model).is_file():
         raise TextTowerError(f"text tower config {model}: no such file")
+    if not model.endswith(".json") and not model.startswith(("hf-hub:", "local-dir:")):
+        _check_model_name(spec, model)
     if model.startswith("local-dir:"):
         folder = Path(model.split(":", 1)[1])
         if not (folder / "open_clip_config.json").is_file():
@@ -148,6 +151,21 @@ def check_tower_source(spec: TextTowerSpec) -> None:
                                             or ckpt.endswith((".pt", ".pth", ".bin", ".safetensors")))
     if looks_like_file and not Path(ckpt).is_file():
         raise TextTowerError(f"{spec.describe()}: weights file {ckpt} not found")
+
+
+def _check_model_name(spec: TextTowerSpec, name: str) -> None:
+    """TextTowerError unless ``name`` is an open_clip model (or the bundled tiny config), suggesting close names."""
+    import difflib
+
+    import open_clip
+
+    known = list(dict.fromkeys([*open_clip.list_models(), TINY_TOWER]))
+    if name in known:
+        return
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+    raise TextTowerError(f"{spec.describe()}: unknown open_clip model {name!r} ({hint}see open_clip.list_models(), "
+                         "or give hf-hub:, local-dir: or a .json config)")
 
 
 def _in_hub_cache(spec: TextTowerSpec, repo: str, filename: str) -> bool:
@@ -248,9 +266,8 @@ def _build_tower(spec: TextTowerSpec) -> ClipTextTower:
     import open_clip
 
     name = _model_name(spec.model)
-    if not name.startswith(("hf-hub:", "local-dir:")) and name not in open_clip.list_models():
-        raise TextTowerError(f"{spec.describe()}: unknown open_clip model {name!r} "
-                             "(see open_clip.list_models(), or give hf-hub:, local-dir: or a .json config)")
+    if not name.startswith(("hf-hub:", "local-dir:")):
+        _check_model_name(spec, name)
     kwargs = _create_kwargs(spec, name)
     with _offline(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed)  # random weights are a function of the seed (a saved projection needs them)

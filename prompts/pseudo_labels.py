@@ -16,7 +16,9 @@ least ``min_iou``, its *stability* (mean Dice between the masks from jittered pr
 from the prompt itself) at least ``min_stability``, and it has ``min_pixels`` pixels. Kept objects
 are painted into a label volume (0 background, 1 liver, 2 tumour; the higher label wins); pixels
 of dropped objects that no kept object of at least their class covers are marked ``uncertain``.
-Boxes and clicks for a student come from the pseudo masks (`boxes_from_mask`, `points_from_mask`).
+Boxes and clicks for a student come from the pseudo masks by the same object rule as the teacher's
+prompts and training (`prompts_from_label`): the liver (labels 1 and 2) is one object, each tumour
+component its own.
 
 Where the training recipe's teacher gets its first prompts is named by a registered *prompt source*
 (`samliver.prompts.pseudo_sources`).
@@ -31,7 +33,7 @@ import numpy as np
 
 from samliver.errors import PromptError
 
-from .from_mask import boxes_from_mask, points_from_mask
+from .from_mask import points_from_mask
 from .types import Prompts
 
 if TYPE_CHECKING:  # the predictor and model import this package; only their names are needed here
@@ -107,9 +109,10 @@ class PseudoLabels:
         label: ``(Z, Y, X)`` uint8, kept objects painted with their class (0, 1 liver, 2 tumour).
         uncertain: ``(Z, Y, X)`` bool, pixels of dropped objects no kept object of their class or above covers.
         objects: every decoded object, kept or not, in slice order.
-        boxes: ``{z: Prompts}`` a box per connected object of ``label[z]`` of at least ``min_pixels``
-            pixels (`boxes_from_mask`).
-        points: ``{z: Prompts}`` one interior click per such object (`points_from_mask`).
+        boxes: ``{z: Prompts}`` a tight box per object of ``label[z]``, objects as `prompts_from_label` makes
+            them (the liver, 1 and 2 together, as one object; each tumour component its own) once pieces of
+            the organ smaller than ``min_pixels`` pixels are removed; tumours that small get no box.
+        points: ``{z: Prompts}`` one interior click per such object (`student_prompts`).
     """
 
     label: np.ndarray
@@ -271,25 +274,49 @@ def pseudo_label(teacher: PromptableSegmenter | Predictor, volume: Any, prompts:
             objects += found
     boxes, points = {}, {}
     for z in np.flatnonzero(label.any(axis=(1, 2))):
-        objects_only = _without_specks(label[z], settings.min_pixels)
-        if objects_only.any():
-            boxes[int(z)] = boxes_from_mask(objects_only)
-            points[int(z)] = points_from_mask(objects_only, rng=int(seed))
+        found = student_prompts(label[z], labels, settings.min_pixels)
+        if found is not None:
+            boxes[int(z)], points[int(z)] = found
     return PseudoLabels(label, uncertain, objects, boxes, points)
 
 
-def _without_specks(label_2d: np.ndarray, min_pixels: int) -> np.ndarray:
-    """``label_2d`` ``(H, W)`` without the 8-connected pieces of a class smaller than ``min_pixels``
-    (a mask's stray specks would each become a prompt)."""
+def student_prompts(label_2d: np.ndarray, labels: Sequence[int] = (LIVER, TUMOR),
+                    min_pixels: int = 1) -> tuple[Prompts, Prompts] | None:
+    """A student's prompts from one pseudo-labelled slice ``(H, W)`` (0/1/2): ``(boxes, clicks)``, None when
+    no object is left.
+
+    Objects follow `prompts_from_label` (`samliver.data.objects_from_label`): the liver (1 and 2 together)
+    as one object with one tight box around all its pieces, each tumour component its own; first, 8-connected
+    pieces of the organ smaller than ``min_pixels`` are removed (a mask's stray specks would stretch the
+    liver's box) and tumours that small get no prompt. The click is the object's most interior pixel
+    (`points_from_mask`'s first click; for a liver in pieces, the deepest of its pieces' clicks).
+    """
     from scipy import ndimage
 
-    out = label_2d.copy()
-    for cls in np.unique(label_2d[label_2d > 0]):
-        pieces, n = ndimage.label(label_2d == cls, structure=np.ones((3, 3), bool))
-        small = np.bincount(pieces.ravel(), minlength=n + 1) < max(min_pixels, 1)
-        small[0] = False
-        out[small[pieces]] = 0
-    return out
+    from samliver.data import objects_from_label
+
+    organ, n = ndimage.label(label_2d > 0, structure=np.ones((3, 3), bool))
+    small = np.bincount(organ.ravel(), minlength=n + 1) < max(min_pixels, 1)
+    small[0] = False
+    cleaned = np.where(small[organ], 0, label_2d)
+    masks, classes = objects_from_label(cleaned, liver=LIVER in labels, tumor=TUMOR in labels, min_pixels=min_pixels)
+    if not len(classes):
+        return None
+    tags = classes.astype(np.uint8)
+    clicks = np.stack([_deepest_click(m) for m in masks])[:, None]                      # (N, 1, 2) x, y
+    return (Prompts(boxes=np.stack([_tight_box(m) for m in masks]), labels=tags),
+            Prompts(points=clicks, point_labels=np.ones((len(tags), 1), np.int64), labels=tags))
+
+
+def _deepest_click(mask: np.ndarray) -> np.ndarray:
+    """``(2,)`` x, y: of `points_from_mask`'s clicks (one per piece of ``mask`` ``(H, W)``), the one deepest
+    inside ``mask``."""
+    from scipy import ndimage
+
+    clicks = points_from_mask(mask).points[:, 0]                                        # (pieces, 2)
+    depth = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    x, y = clicks[:, 0].astype(int), clicks[:, 1].astype(int)
+    return clicks[int(np.argmax(depth[y, x]))]
 
 
 def _batches(prompts: VolumePrompts, labels: Sequence[int], depth: int, height: int,

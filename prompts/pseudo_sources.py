@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -55,13 +55,34 @@ def prompt_source(spec: str) -> PromptSource:
     return PROMPT_SOURCES[name](arg or None)
 
 
+def check_source(source: PromptSource, names: Sequence[str]) -> None:
+    """Check now, before any training, that ``source`` can give prompts for the cases ``names``: a source
+    may carry ``check(names)`` (``files:FOLDER``: every ``<case>.json`` exists); others need no check.
+
+    Raises:
+        PromptError: the first case it cannot serve.
+    """
+    check = getattr(source, "check", None)
+    if check is not None:
+        check(names)
+
+
+def is_automatic(source: PromptSource) -> bool:
+    """Whether ``source`` leaves the first prompts to the teacher (``auto``: its head or default generator)."""
+    return bool(getattr(source, "automatic", False))
+
+
 @register_prompt_source("auto")
 def _auto_source(arg: str | None) -> PromptSource:
     """The teacher's own automatic prompts: its prompt-free head or its default box generator
     (None tells `pseudo_label` to find them)."""
     if arg:
         raise PromptError(f"pseudo-label prompt source 'auto' takes no argument, got {arg!r}")
-    return lambda predictor, ct, name: None
+
+    def none(predictor: Any, ct: Any, name: str) -> None:
+        return None
+    none.automatic = True  # type: ignore[attr-defined]  (read by `is_automatic`)
+    return none
 
 
 @register_prompt_source("unet")
@@ -95,4 +116,11 @@ def _files_source(arg: str | None) -> PromptSource:
         from .files import read_prompts_file
 
         return read_prompts_file(folder / f"{name}.json")
+
+    def check(names: Sequence[str]) -> None:
+        missing = next((folder / f"{n}.json" for n in names if not (folder / f"{n}.json").is_file()), None)
+        if missing is not None:
+            raise PromptError(f"{missing}: no prompts file for unlabelled case {missing.stem} "
+                              f"(pseudo-label prompt source files:{arg} needs one <case>.json per unlabelled CT)")
+    read.check = check  # type: ignore[attr-defined]  (read by `check_source`)
     return read

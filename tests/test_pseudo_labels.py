@@ -5,6 +5,7 @@ Offline, seeded, CPU; samliver_tiny with random weights on tiny phantoms."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -140,13 +141,14 @@ def test_pseudo_label_volume_equals_segment_volume_when_all_kept(tiny):
     # only empty masks can fail this filter, and they paint nothing: the volume is segment_volume's
     assert all(o.kept or o.pixels == 0 for o in result.objects) and not result.uncertain.any()
     assert np.array_equal(result.label, segmented) and set(np.unique(result.label)) == {0, 1, 2}
-    for z, p in result.boxes.items():            # min_pixels 1: every piece of the pseudo-label gets a box
-        expected = boxes_from_mask(result.label[z])
-        assert np.array_equal(p.boxes, expected.boxes) and np.array_equal(p.labels, expected.labels)
+    rule = prompts_from_label(result.label)      # min_pixels 1: the student's boxes follow the teacher's rule
+    for z, p in result.boxes.items():
+        assert np.array_equal(p.boxes, rule[z].boxes) and np.array_equal(p.labels, rule[z].labels)
     assert set(result.boxes) == set(result.points) == set(np.flatnonzero(result.label.any(axis=(1, 2))))
     for z, p in result.points.items():
         x, y = p.points[:, 0].astype(int).T
-        assert (result.label[z][y, x] == p.labels).all()     # each click lies in its own object
+        # each click lies in its own object (the liver is labels 1 and 2)
+        assert np.where(p.labels == 1, result.label[z][y, x] > 0, result.label[z][y, x] == 2).all()
     # a box generator is the same first prompts by another route; both at once is refused
     via_generator = pseudo_label(model, case.image, box_generator=lambda hu, spacing: prompts, settings=keep_all)
     assert np.array_equal(via_generator.label, result.label)
@@ -171,12 +173,15 @@ def test_head_teacher_prompts_itself(tiny):
     assert len(expected) > 0
     assert sorted({o.slice for o in result.objects}) == sorted(expected)
     assert [o.label for o in result.objects] == [int(x) for z in sorted(expected) for x in expected[z].labels]
-    # the student's prompts: one box per piece of at least min_pixels (10) pixels, specks left out
+    # the student's prompts: one liver box if a piece of the organ (1 and 2) has at least min_pixels (10)
+    # pixels, one box per tumour component that large, specks left out
     from scipy import ndimage
 
     for z, p in result.boxes.items():
-        sizes = [np.bincount(ndimage.label(result.label[z] == c, np.ones((3, 3)))[0].ravel())[1:] for c in (1, 2)]
-        assert len(p) == sum(int((s >= 10).sum()) for s in sizes) and len(result.points[z]) == len(p)
+        organ, tumours = (np.bincount(ndimage.label(m, np.ones((3, 3)))[0].ravel())[1:]
+                          for m in (result.label[z] > 0, result.label[z] == 2))
+        assert p.labels.tolist() == [1] * int((organ >= 10).any()) + [2] * int((tumours >= 10).sum())
+        assert len(result.points[z]) == len(p)
 
 
 def test_prompt_sources(tmp_path, tiny):
@@ -214,6 +219,40 @@ def test_open_unlabelled_reads_a_folder_of_ct_files(tmp_path):
     assert np.array_equal(phantoms[1].load()[1], cases[1].label)
 
 
+def test_open_unlabelled_finds_dicom_series_by_header_not_suffix(tmp_path):
+    from samliver.io.dicom import is_dicom_file
+    from samliver.training.pseudo_data import open_unlabelled
+    from tests.bad_input_files import dicom_series
+
+    folder = tmp_path / "cts"
+    series = dicom_series(folder / "scan_a", n=4)
+    for k, path in enumerate(sorted(series.iterdir())):  # scanner exports often have no suffix: IM0000, ...
+        path.rename(series / f"IM{k:04d}")
+    (folder / "notes").mkdir()
+    (folder / "notes" / "fake.dcm").write_bytes(b"not DICOM" * 20)   # a .dcm name is not DICOM
+    assert is_dicom_file(series / "IM0000") and not is_dicom_file(folder / "notes" / "fake.dcm")
+    found = open_unlabelled(str(folder))
+    assert [c.name for c in found] == ["scan_a"]
+    ct, label = found[0].load()
+    assert label is None and ct.shape == (4, 16, 16) and ct.array.max() == 40
+
+
+def test_open_unlabelled_refuses_a_missing_path_or_a_file(tmp_path, capsys):
+    from samliver.training.cli import main
+    from samliver.training.pseudo_data import open_unlabelled
+
+    (tmp_path / "one.nii.gz").write_bytes(b"")
+    for spec, says in [(tmp_path / "nowhere", "no such unlabelled-data folder or dataset"),
+                       (tmp_path / "one.nii.gz", "unlabelled data must be a folder (of CT files / DICOM series "
+                                                 "folders) or a dataset, not a file")]:
+        with pytest.raises(DatasetError, match=re.escape(f"{spec}: {says}")):
+            open_unlabelled(str(spec))
+        assert main(["--pseudo-label-rounds", "1", "--unlabelled", str(spec), "--checkpoint", "random",
+                     "--output-dir", str(tmp_path / "run")]) == 2
+        assert capsys.readouterr().err.strip() == f"train_adapter.py: error: {spec}: {says}"
+    assert not (tmp_path / "run").exists()
+
+
 # ------------------------------------------------------------------ config, command line, a one-round run
 
 
@@ -236,6 +275,63 @@ def test_self_training_flags_and_config_errors(capsys):
     assert main(["--pseudo-label-rounds", "1", "--checkpoint", "random"]) == 2
     assert capsys.readouterr().err.strip() == ("train_adapter.py: error: pseudo_labels.rounds > 0 needs unlabelled "
                                                "data: pass --unlabelled DATA")
+
+
+def test_unlabelled_data_without_rounds_is_refused(capsys):
+    from samliver.training.cli import main
+
+    with pytest.raises(ConfigError, match=re.escape("pseudo_labels.rounds must be >= 1 when unlabelled data is "
+                                                    "given (phantom:tiny?n=1)")):
+        resolve(None, {"pseudo_labels": {"unlabelled": "phantom:tiny?n=1"}})
+    config, _ = resolve(None, {"pseudo_labels": {"unlabelled": "phantom:tiny?n=1", "rounds": 1}})
+    assert config.pseudo_labels.rounds == 1
+    assert main(["--unlabelled", "phantom:tiny?n=1", "--checkpoint", "random"]) == 2
+    assert capsys.readouterr().err.strip().startswith("train_adapter.py: error: pseudo_labels.rounds must be >= 1")
+
+
+def _pseudo_config(tmp_path: Path, top: dict | None = None, **pseudo):
+    """A one-round self-training config on tiny phantoms (``top``: other top-level keys, e.g. the model)."""
+    values = dict(checkpoint="random", data="phantom:tiny?n=2&seed=0", split=[0.5, 0.5], max_steps=1,
+                  log_with="none", output_dir=str(tmp_path / "run"), **(top or {}))
+    values["pseudo_labels"] = {"rounds": 1, "unlabelled": "phantom:tiny?n=2&seed=60", **pseudo}
+    return resolve(None, values)[0]
+
+
+def test_auto_prompts_without_head_or_default_generator_fail_before_round_0(tmp_path):
+    from samliver.prompts.generators import has_default_generator
+    from samliver.training.self_training import _check_first_prompts, self_train
+
+    assert not has_default_generator("sam_vit_b")
+    with pytest.raises(ConfigError) as err:
+        self_train(_pseudo_config(tmp_path, {"model": "sam_vit_b"}))
+    assert str(err.value) == ("pseudo_labels.prompts auto: sam_vit_b has no default box generator and method 'lora' "
+                              "trains no prompt-free head, so its teacher has no first prompts; pass --pseudo-prompts "
+                              "unet:PATH (a box U-Net) or --pseudo-prompts files:FOLDER (one <case>.json per "
+                              "unlabelled CT)")
+    assert not (tmp_path / "run").exists()   # refused before anything is written or trained
+    auto, names = prompt_source("auto"), ["phantom-tiny-0060"]
+    # a prompt-free head (decoder, head: multiclass) or a default generator (samliver_tiny) gives the first prompts
+    head = _pseudo_config(tmp_path, {"model": "sam_vit_b", "method": "decoder",
+                                     "method_config": {"head": "multiclass"}})
+    _check_first_prompts(head, auto, names)
+    _check_first_prompts(_pseudo_config(tmp_path), auto, names)
+    sam_head = _pseudo_config(tmp_path, {"model": "sam_vit_b", "method": "decoder"})   # head: sam
+    with pytest.raises(ConfigError, match="method 'decoder' trains no prompt-free head"):
+        _check_first_prompts(sam_head, auto, names)
+
+
+def test_files_prompts_are_checked_for_every_case_before_round_0(tmp_path):
+    from samliver.training.self_training import self_train
+
+    write_prompts(tmp_path / "boxes", "phantom:tiny?n=2&seed=60")
+    (tmp_path / "boxes" / "phantom-tiny-0061.json").unlink()
+    config = _pseudo_config(tmp_path, prompts=f"files:{tmp_path / 'boxes'}")
+    missing = tmp_path / "boxes" / "phantom-tiny-0061.json"
+    with pytest.raises(PromptError) as err:
+        self_train(config)
+    assert str(err.value) == (f"{missing}: no prompts file for unlabelled case phantom-tiny-0061 (pseudo-label "
+                              f"prompt source files:{tmp_path / 'boxes'} needs one <case>.json per unlabelled CT)")
+    assert not (tmp_path / "run").exists()
 
 
 def test_one_round_self_training(tmp_path):

@@ -123,6 +123,17 @@ def test_config_errors_name_the_key(overrides, needle):
     assert needle in str(err.value)
 
 
+def test_text_descriptions_match_targets_by_label_not_spelling():
+    from samliver.prompts.clip_text import TINY_TOWER
+
+    tiny = {"enabled": True, "model": TINY_TOWER, "checkpoint": "random"}
+    british = {"liver": ["liver"], "tumour": ["liver tumour", "hepatic lesion"]}
+    config, _ = resolve(None, {"text_prompts": {**tiny, "descriptions": british}})
+    assert config.targets == ["liver", "tumor"] and config.text_prompts.descriptions == british
+    with pytest.raises(ConfigError, match=r"no descriptions for target\(s\) liver$"):
+        resolve(None, {"text_prompts": {**tiny, "descriptions": {"tumour": ["liver tumour"]}}})
+
+
 # ------------------------------------------------------------------ prompts and steps
 
 

@@ -22,6 +22,7 @@ import re
 from pathlib import Path
 
 from samliver.errors import PromptError, SamliverError
+from samliver.io.dicom import is_dicom_file
 from samliver.provenance import claim_folder, make_record, missing_root, write_provenance
 
 _NIFTI = re.compile(r"^(?P<stem>.+?)\.nii(\.gz)?$", re.IGNORECASE)
@@ -38,16 +39,7 @@ def is_batch_input(path: str | Path) -> bool:
     entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
     if not any(p.is_dir() or (p.is_file() and _NIFTI.match(p.name)) for p in entries):
         return False
-    return not any(p.is_file() and not _NIFTI.match(p.name) and _is_dicom_file(p) for p in entries)
-
-
-def _is_dicom_file(path: Path) -> bool:
-    """A DICOM Part 10 file: ``DICM`` after the 128-byte preamble (only those bytes are read)."""
-    try:
-        with open(path, "rb") as handle:
-            return handle.read(132)[128:] == b"DICM"
-    except OSError:
-        return False
+    return not any(p.is_file() and not _NIFTI.match(p.name) and is_dicom_file(p) for p in entries)
 
 
 def batch_inputs(folder: Path) -> dict[str, Path]:

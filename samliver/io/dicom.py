@@ -35,6 +35,16 @@ class _Slice:
     sop_instance_uid: str = ""
 
 
+def is_dicom_file(path: Path) -> bool:
+    """A DICOM Part 10 file: ``DICM`` after the 128-byte preamble (only those bytes are read), whatever
+    its name (series files often have no ``.dcm`` suffix)."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
+
+
 def read_dicom_series(
     folder: Path, series_uid: str | None = None
 ) -> tuple[np.ndarray, Grid, str, str, tuple[tuple[Path, str], ...]]:

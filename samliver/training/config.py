@@ -257,16 +257,17 @@ def check_method(method: str, method_config: Mapping[str, Any]) -> None:
 def check_text_prompts(t: TextPromptSettings, targets: list) -> None:
     """Text prompt values: prob, token counts, and a description list for each target class."""
     from samliver.errors import PromptError
-    from samliver.prompts.clip_text import TextTowerError, TextTowerSpec, check_tower_source, text_classes
+    from samliver.prompts.clip_text import (CLASS_LABELS, TextTowerError, TextTowerSpec, check_tower_source,
+                                            text_classes)
 
     if not 0.0 <= t.prob <= 1.0 or t.num_tokens < 1 or t.hidden < 1:
         raise ConfigError(f"text_prompts: need 0 <= prob <= 1, num_tokens >= 1, hidden >= 1; got prob {t.prob}, "
                           f"num_tokens {t.num_tokens}, hidden {t.hidden}")
     try:
-        text_classes(t.descriptions)
+        described = {c.label for c in text_classes(t.descriptions)}
     except PromptError as exc:
         raise ConfigError(f"text_prompts: {exc}") from None
-    missing = [c for c in targets if c not in t.descriptions]
+    missing = [c for c in targets if CLASS_LABELS.get(c) not in described]   # by label: tumour is tumor
     if missing:
         raise ConfigError(f"text_prompts.descriptions: no descriptions for target(s) {', '.join(missing)}")
     try:  # before any data is prepared: the tower's files must be here (nothing is downloaded)
@@ -281,6 +282,9 @@ def check_pseudo_labels(p: PseudoLabelSettings) -> None:
         raise ConfigError(f"pseudo_labels.rounds must be 0 or more, got {p.rounds}")
     if p.rounds and not p.unlabelled:
         raise ConfigError("pseudo_labels.rounds > 0 needs unlabelled data: pass --unlabelled DATA")
+    if p.unlabelled and not p.rounds:
+        raise ConfigError(f"pseudo_labels.rounds must be >= 1 when unlabelled data is given "
+                          f"({p.unlabelled}); pass --pseudo-label-rounds N, or drop --unlabelled")
     name = p.prompts.partition(":")[0]
     if name not in PROMPT_SOURCES:
         raise ConfigError(f"pseudo_labels.prompts: unknown prompt source {p.prompts!r}"

@@ -6,6 +6,9 @@ batches out to the processes); `TrainItems` derives each item's augmentation and
 ``(run seed, epoch, position)`` only, so skipping the batches already seen after a resume gives the
 very same later batches. (With ``num_workers > 0`` the augmentation stream also depends on the worker
 that draws the item; resumed runs then match only with ``num_workers: 0``, the default.)
+
+Slices holding voxels whose label is unknown (a pseudo-label folder's ``uncertain/`` masks: objects the
+teacher's filter rejected) are left out of training (`uncertain_slices`), never trained as background.
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from samliver.data import (CacheIndex, CaseCache, SliceDataset, TumorOversampler, build_augment, collate_slices,
                            load_dataset, load_split, model_pixels, open_cache, prepare_cache, split_cases)
+from samliver.data.layouts import nifti_stem
 from samliver.data.splits import check_split
 from samliver.errors import DatasetError
+from samliver.io import load_label
 
 from .config import ConfigError, TrainConfig
 from .prompting import PromptSimulator
@@ -214,6 +219,39 @@ def training_slices(slices: SliceDataset, kind: str, targets: Sequence[str]) -> 
     return np.flatnonzero(wanted)
 
 
+UNCERTAIN_DIR = "uncertain"
+
+
+def uncertain_slices(data: str, cases: Sequence[CaseCache]) -> np.ndarray:
+    """``(total Z,)`` bool over the slices of ``cases`` (in order, as `SliceDataset` numbers them): True where
+    the dataset folder ``data`` has an ``uncertain/<case>.nii[.gz]`` mask with any voxel on that slice.
+
+    Self-training's pseudo-label folders (`samliver.training.pseudo_data.write_pseudo`) write one per
+    pseudo-labelled case: the voxels of objects the teacher's confidence filter rejected. Their label is
+    unknown (the file under ``labels/`` says 0 or 1 there), so slices holding any must not be trained on
+    as if it were known. All False for a dataset without such a folder (or a spec that is no folder).
+
+    Raises:
+        DatasetError: a mask whose grid is not its case's.
+    """
+    flags = [np.zeros(c.shape[0], bool) for c in cases]
+    root = Path(data)
+    folder = (root.parent if root.is_file() else root) / UNCERTAIN_DIR
+    if not folder.is_dir():
+        return np.concatenate(flags) if flags else np.zeros(0, bool)
+    files = {nifti_stem(p): p for p in folder.iterdir() if p.is_file() and nifti_stem(p)}
+    for i, case in enumerate(cases):
+        path = files.get(case.name)
+        if path is None:
+            continue
+        mask = load_label(path)
+        if mask.shape != tuple(case.source_shape):
+            raise DatasetError(f"{path}: uncertain-voxel mask of shape {mask.shape}, but case {case.name} has "
+                               f"{tuple(case.source_shape)} voxels")
+        flags[i] = mask.any(axis=(1, 2))
+    return np.concatenate(flags) if flags else np.zeros(0, bool)
+
+
 def build_train_loader(config: TrainConfig, split: CaseSplit, model: torch.nn.Module, kind: str,
                        frozen_encoder: bool, num_processes: int, log,
                        prompter: PromptSimulator | None = None) -> TrainLoader:
@@ -231,6 +269,11 @@ def build_train_loader(config: TrainConfig, split: CaseSplit, model: torch.nn.Mo
     slices = SliceDataset(split.cache, split.train, stack_depth=stack_depth(model), targets=config.targets,
                           augment=augment)
     indices = training_slices(slices, kind, slices.targets)
+    unknown = uncertain_slices(config.data, slices.cases)[indices]
+    if unknown.any():   # an ignore region in the losses would keep their certain pixels; left out whole for now
+        log(f"left out {int(unknown.sum())} training slices that hold voxels of pseudo-label objects the "
+            "teacher's filter rejected (their labels are unknown)")
+        indices = indices[~unknown]
     if indices.size == 0:
         raise DatasetError(f"{config.data}: no training slice holds a {' or '.join(slices.targets)} object")
     store, rows = None, None

@@ -27,6 +27,7 @@ from samliver.data.case import LIVER, TUMOR
 from samliver.data.layouts import detect_layout, nifti_stem
 from samliver.errors import DatasetError
 from samliver.io import CTVolume, load_ct, save_image, save_mask
+from samliver.io.dicom import is_dicom_file
 
 from .run_folder import replace_dir
 
@@ -54,6 +55,8 @@ def _is_dataset(spec: str) -> bool:
     root = Path(spec)
     if root.name == "dataset.json" and root.is_file():
         return True
+    if not root.is_dir():  # detect_layout raises FileNotFoundError / NotADirectoryError there
+        return False
     try:
         detect_layout(root)
     except DatasetError:
@@ -66,18 +69,21 @@ def open_unlabelled(spec: str) -> list[UnlabelledCase]:
     ``.nii`` / ``.nii.gz`` file or a sub-folder holding a DICOM series (named by file stem / folder name).
 
     Raises:
-        DatasetError: no such folder, or one with no CT in it.
+        DatasetError: no such folder, a file, or a folder with no CT in it.
     """
     if _is_dataset(spec):
         dataset = load_dataset(spec)
         return [UnlabelledCase(name, partial(_dataset_case, dataset, name)) for name in dataset.names]
     root = Path(spec)
-    if not root.is_dir():
+    if not root.exists():
         raise DatasetError(f"{spec}: no such unlabelled-data folder or dataset")
+    if not root.is_dir():
+        raise DatasetError(f"{spec}: unlabelled data must be a folder (of CT files / DICOM series folders) "
+                           "or a dataset, not a file")
     cases: dict[str, Path] = {}
     for path in sorted(root.iterdir()):
         stem = nifti_stem(path) if path.is_file() else None
-        if stem is None and path.is_dir() and any(p.suffix.lower() == ".dcm" for p in path.iterdir()):
+        if stem is None and path.is_dir() and any(p.is_file() and is_dicom_file(p) for p in path.iterdir()):
             stem = path.name
         if stem is not None:
             if stem in cases:

@@ -43,7 +43,8 @@ from samliver.atomic import write_bytes_atomic
 from samliver.data import CacheSettings, load_dataset, load_split, split_cases
 from samliver.data.case import LIVER, TUMOR
 from samliver.prompts.pseudo_labels import pseudo_label
-from samliver.prompts.pseudo_sources import prompt_source
+from samliver.prompts.generators import has_default_generator
+from samliver.prompts.pseudo_sources import check_source, is_automatic, prompt_source
 
 from .config import ConfigError, TrainConfig
 from .data import item_seed
@@ -69,7 +70,7 @@ def round_config(config: TrainConfig, root: Path, k: int, data: Path, adapter: s
     return dataclasses.replace(
         config, data=str(data), split_file=str(data / SPLIT_FILE), output_dir=str(root / f"round_{k}"),
         cache_dir=config.cache_dir or str(root / "cache"), adapter=adapter,
-        pseudo_labels=dataclasses.replace(config.pseudo_labels, rounds=0))
+        pseudo_labels=dataclasses.replace(config.pseudo_labels, rounds=0, unlabelled=None))
 
 
 def self_train(config: TrainConfig, resume: str | None = None, overwrite: bool = False,
@@ -80,20 +81,23 @@ def self_train(config: TrainConfig, resume: str | None = None, overwrite: bool =
 
     Raises:
         ConfigError: the folder holds a run (without ``resume`` / ``overwrite``), the unlabelled cases
-            share names with labelled or test cases, or liver targets on a dataset without a liver label.
-        DatasetError / PromptError: unusable data, or a prompt source that cannot give prompts.
+            share names with labelled or test cases, liver targets on a dataset without a liver label, or
+            ``auto`` prompts for a teacher that will have neither a prompt-free head nor a default generator.
+        DatasetError / PromptError: unusable data, or a prompt source that cannot give prompts (e.g. a
+            missing ``files:`` prompts file); all checked before round 0 trains.
     """
     from accelerate import PartialState
 
     from .loop import train
 
+    settings = config.pseudo_labels
+    source = prompt_source(settings.prompts)
+    unlabelled = open_unlabelled(settings.unlabelled)
+    _check_first_prompts(config, source, [u.name for u in unlabelled])
     state = PartialState(cpu=config.cpu or not torch.cuda.is_available())
     root = config.run_dir
     _start(root, resume is not None, overwrite, state.is_main_process)
     state.wait_for_everyone()
-    settings = config.pseudo_labels
-    source = prompt_source(settings.prompts)
-    unlabelled = open_unlabelled(settings.unlabelled)
     labelled = root / "labelled"
     if not labelled.is_dir():
         dataset, split = _labelled_split(config)
@@ -140,6 +144,32 @@ def self_train(config: TrainConfig, resume: str | None = None, overwrite: bool =
         _write_record(root, record)
     state.wait_for_everyone()
     return SelfTrainingResult(root, model, record["rounds"])
+
+
+def _check_first_prompts(config: TrainConfig, source: Any, names: list[str]) -> None:
+    """Before round 0 trains: ``source`` can give every unlabelled case its first prompts (a ``files:``
+    source has each ``<case>.json``; ``auto`` needs a teacher with a prompt-free head or a default box
+    generator, as `samliver.auto.resolve_generator` will ask)."""
+    check_source(source, names)
+    if is_automatic(source) and not has_default_generator(config.model) and not _trains_head(config):
+        raise ConfigError(f"pseudo_labels.prompts auto: {config.model} has no default box generator and method "
+                          f"{config.method!r} trains no prompt-free head, so its teacher has no first prompts; "
+                          "pass --pseudo-prompts unet:PATH (a box U-Net) or --pseudo-prompts files:FOLDER "
+                          "(one <case>.json per unlabelled CT)")
+
+
+def _trains_head(config: TrainConfig) -> bool:
+    """Whether the rounds' models carry a prompt-free head: their strategy config (the continued adapter's,
+    if ``config.adapter``) has ``head: multiclass`` (`samliver.adapters.decoder`, the one strategy that
+    attaches ``model.task_head``; the registry has no flag for it, and building the model only to look
+    would cost a full base model here)."""
+    from samliver.adapters import get_strategy, read_adapter_config
+
+    method, values = config.method, config.method_config
+    if config.adapter:
+        saved = read_adapter_config(config.adapter)
+        method, values = saved["strategy"], saved["config"]
+    return getattr(get_strategy(method).config_class.from_dict(values), "head", None) == "multiclass"
 
 
 def _start(root: Path, resume: bool, overwrite: bool, is_main: bool) -> None:
