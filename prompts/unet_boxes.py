@@ -33,9 +33,9 @@ from .unet_model import BoxUNetSpec, build_unet, file_pair, grey_slices, read_fi
 
 BUNDLED_NAME = "box_unet_phantom"
 BUNDLED_TRAIN = "bash scripts/train_box_unet.sh"
-#: box parameters a generator has (keyword arguments of `boxes_from_probabilities`)
 #: the generator's probability threshold when none is given
 DEFAULT_THRESHOLD = 0.5
+#: box parameters a generator has (keyword arguments of `boxes_from_probabilities`)
 BOX_PARAMS = ("threshold", "margin_mm", "min_area_mm2", "min_slices", "low_threshold")
 #: what a generator saves as its defaults: the box parameters and test-time mirroring
 SAVED_PARAMS = (*BOX_PARAMS, "mirror")
