@@ -110,7 +110,7 @@ def test_constrain_tumours_keeps_only_tumours_touching_the_liver():
     tumour[2, 8:14, 4:6] = True         # at the liver's edge, bulging 4 voxels beyond it: kept whole
     out = constrain_tumours(liver, tumour)
     np.testing.assert_array_equal(out, _expected_constraint(liver, tumour))
-    assert (out[2, 8:14, 4:6] == 2).all() and out[1, 15, 15] == 0
+    assert (out[2, 8:14, 4:6] == 2).all()
     assert out[2, 6, 6] == 2 and out[4, 10, 10] == 2 and out[1, 15, 15] == 0 and out[5, 12, 2] == 0
     assert set(np.unique(out)) == {0, 1, 2} and (out[liver & ~tumour] == 1).all()
     assert not constrain_tumours(np.zeros_like(liver), tumour).any()
