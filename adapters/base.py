@@ -63,6 +63,11 @@ class Strategy(ABC):
 
         Raises AdapterError where the combination cannot work (saying why)."""
 
+    def attaches_task_head(self, config: StrategyConfig) -> bool:
+        """Whether `apply` with ``config`` gives the model a prompt-free ``model.task_head`` (known without
+        building a model: self-training asks before round 0 whether its teacher will segment on its own)."""
+        return False
+
     def trainable_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """The tensors this strategy trains (detached, contiguous, on the CPU)."""
         return {k: p.detach().cpu().contiguous() for k, p in model.named_parameters() if p.requires_grad}

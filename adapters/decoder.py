@@ -84,6 +84,9 @@ class DecoderStrategy(Strategy):
     name = "decoder"
     config_class = DecoderConfig
 
+    def attaches_task_head(self, config: DecoderConfig) -> bool:
+        return config.head == "multiclass"
+
     def apply(self, model: nn.Module, config: DecoderConfig) -> nn.Module:
         """Freeze every parameter ``encode`` depends on and hold the image encoder in eval mode
         (``model.train()`` leaves it there); then unfreeze the mask decoder (``head: sam``) or attach

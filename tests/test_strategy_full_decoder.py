@@ -355,3 +355,14 @@ def test_head_learns_from_precomputed_embeddings_without_running_the_encoder():
             losses.append(float(loss.detach()))
     assert losses[-1] < 0.6 * losses[0] and losses == sorted(losses, reverse=True), losses
     assert all(p.grad is None for n, p in model.named_parameters() if not n.startswith("task_head."))
+
+
+@pytest.mark.parametrize("name, config", [(n, {}) for n in list_strategies()]
+                         + [("decoder", {"head": "multiclass"})])
+def test_attaches_task_head_says_what_apply_does(name, config):
+    from samliver.adapters import get_strategy
+
+    strategy = get_strategy(name)
+    model = apply_strategy(_base(), name, config)
+    says = strategy.attaches_task_head(strategy.config_class.from_dict(config))
+    assert says == (getattr(model, "task_head", None) is not None) == (config.get("head") == "multiclass")

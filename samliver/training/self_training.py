@@ -159,17 +159,16 @@ def _check_first_prompts(config: TrainConfig, source: Any, names: list[str]) -> 
 
 
 def _trains_head(config: TrainConfig) -> bool:
-    """Whether the rounds' models carry a prompt-free head: their strategy config (the continued adapter's,
-    if ``config.adapter``) has ``head: multiclass`` (`samliver.adapters.decoder`, the one strategy that
-    attaches ``model.task_head``; the registry has no flag for it, and building the model only to look
-    would cost a full base model here)."""
+    """Whether the rounds' models carry a prompt-free head, as their strategy (the continued adapter's, if
+    ``config.adapter``) says of its config (`Strategy.attaches_task_head`; no model is built to look)."""
     from samliver.adapters import get_strategy, read_adapter_config
 
     method, values = config.method, config.method_config
     if config.adapter:
         saved = read_adapter_config(config.adapter)
         method, values = saved["strategy"], saved["config"]
-    return getattr(get_strategy(method).config_class.from_dict(values), "head", None) == "multiclass"
+    strategy = get_strategy(method)
+    return strategy.attaches_task_head(strategy.config_class.from_dict(values))
 
 
 def _start(root: Path, resume: bool, overwrite: bool, is_main: bool) -> None:
